@@ -1,0 +1,79 @@
+"""Errors raised by distillguard.
+
+Library code raises these; only the CLI and the HTTP layer turn them into exit codes and
+OpenAI-format error bodies. The hierarchy::
+
+    DistillGuardError                 base of everything the project raises on purpose
+    ├── ConfigError                   a setting, path or environment variable is wrong
+    ├── SecretError                   the master secret is missing, malformed or exposed
+    ├── KeyNotFoundError              an unknown tenant or key id
+    ├── SchemeError                   an invalid watermark scheme configuration
+    ├── FingerprintMismatchError      detection asked under a scheme that does not match
+    │   └── VocabularyMismatchError   token ids or tokenizer disagree with the scheme
+    ├── InputError                    user input that cannot be scored (empty, not text)
+    └── MissingDependencyError        an optional extra is not installed
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "DistillGuardError",
+    "FingerprintMismatchError",
+    "InputError",
+    "KeyNotFoundError",
+    "MissingDependencyError",
+    "SchemeError",
+    "SecretError",
+    "VocabularyMismatchError",
+]
+
+
+class DistillGuardError(Exception):
+    """Base class of every error distillguard raises on purpose."""
+
+
+class ConfigError(DistillGuardError):
+    """A setting, path or environment variable is wrong."""
+
+
+class SecretError(DistillGuardError):
+    """The master secret is missing, malformed or stored unsafely."""
+
+
+class KeyNotFoundError(DistillGuardError):
+    """An unknown tenant, key version or key id."""
+
+
+class SchemeError(DistillGuardError):
+    """A watermark scheme configuration is invalid."""
+
+
+class FingerprintMismatchError(DistillGuardError):
+    """Detection was asked under a scheme fingerprint that does not match the recorded one.
+
+    Scoring text under the wrong scheme yields noise that looks like a clean result, so it
+    fails loudly instead.
+    """
+
+
+class VocabularyMismatchError(FingerprintMismatchError):
+    """Token ids or the tokenizer disagree with the scheme's vocabulary."""
+
+
+class InputError(DistillGuardError):
+    """Input that cannot be scored: empty, too short, or not text."""
+
+
+class MissingDependencyError(DistillGuardError):
+    """An optional extra is needed; the message says which one to install."""
+
+
+def require(module: str, extra: str) -> None:
+    """Raise MissingDependencyError naming the extra to install when `module` is absent."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise MissingDependencyError(
+            f"this feature needs {module!r}: pip install 'distillguard[{extra}]'"
+        )

@@ -1,0 +1,62 @@
+"""Per-tenant watermark keys derived from the master secret with HKDF-SHA256 (RFC 5869)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass, field
+
+from distillguard.errors import ConfigError
+from distillguard.keys.secret import MasterSecret
+from distillguard.watermark.key import WatermarkKey
+
+__all__ = ["KEY_BYTES", "TenantKey", "derive_tenant_key", "hkdf_sha256", "key_id_for"]
+
+KEY_BYTES = 32
+_SALT = b"distillguard/tenant-watermark-key/v1"
+
+
+def hkdf_sha256(input_key: bytes, salt: bytes, info: bytes, length: int) -> bytes:
+    """HKDF with SHA-256: extract then expand (RFC 5869, sec. 2.2 and 2.3)."""
+    if not 0 < length <= 255 * 32:
+        raise ValueError("HKDF-SHA256 output length must be in 1..8160 bytes")
+    pseudo_random_key = hmac.new(salt or b"\0" * 32, input_key, hashlib.sha256).digest()
+    output = b""
+    block = b""
+    counter = 1
+    while len(output) < length:
+        block = hmac.new(
+            pseudo_random_key, block + info + bytes([counter]), hashlib.sha256
+        ).digest()
+        output += block
+        counter += 1
+    return output[:length]
+
+
+def key_id_for(material: bytes) -> str:
+    """Public identifier of a key: a one-way hash of it, safe to log and print."""
+    return "wk_" + hashlib.sha256(b"distillguard/key-id/v1\0" + material).hexdigest()[:24]
+
+
+@dataclass(frozen=True)
+class TenantKey:
+    """A tenant's derived watermark key. `material` never appears in repr."""
+
+    tenant: str
+    version: int
+    key_id: str
+    material: bytes = field(repr=False)
+
+    def watermark_key(self) -> WatermarkKey:
+        return WatermarkKey(key_id=self.key_id, secret=self.material, tenant=self.tenant)
+
+
+def derive_tenant_key(master: MasterSecret, tenant: str, version: int = 1) -> TenantKey:
+    """HKDF-SHA256(master, info = tenant id and key version) -> 256-bit tenant key."""
+    if not tenant or "\0" in tenant:
+        raise ConfigError("a tenant id must be a non-empty string without NUL characters")
+    if version < 1:
+        raise ConfigError("key versions start at 1")
+    info = b"tenant\0" + tenant.encode() + b"\0version\0" + str(version).encode()
+    material = hkdf_sha256(master.material, _SALT, info, KEY_BYTES)
+    return TenantKey(tenant=tenant, version=version, key_id=key_id_for(material), material=material)
