@@ -298,6 +298,11 @@ class Detector:
         else:  # pragma: no cover - Seeding is closed
             raise ValueError(f"unknown seeding {seeding}")
 
+        if flat.size <= lookback:
+            raise InputError(
+                "nothing to score: every document is shorter than the scheme's context "
+                f"({width} tokens)"
+            )
         # Position i of the flat array is scored when its local index clears both the context
         # and the prompt. Windows never cross documents because local >= lookback.
         ends = np.cumsum(lengths)
