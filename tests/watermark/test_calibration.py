@@ -54,7 +54,9 @@ def null_trials(
     return np.array(p_values), np.array(scored), np.array(green)
 
 
-def check_green_list_calibration(p_values: np.ndarray, scored: np.ndarray, green: np.ndarray, gamma: float) -> None:
+def check_green_list_calibration(
+    p_values: np.ndarray, scored: np.ndarray, green: np.ndarray, gamma: float
+) -> None:
     trials = p_values.size
     for alpha in ALPHAS:
         # attained size per trial: P(X >= g*) where g* is the smallest count with tail <= alpha
@@ -74,7 +76,9 @@ def check_green_list_calibration(p_values: np.ndarray, scored: np.ndarray, green
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seeding", [Seeding.LEFT_HASH, Seeding.SELF_HASH])
-def test_green_list_null_on_human_text_is_calibrated(shakespeare_text: str, seeding: Seeding) -> None:
+def test_green_list_null_on_human_text_is_calibrated(
+    shakespeare_text: str, seeding: Seeding
+) -> None:
     tokens, vocab = word_ids(shakespeare_text)
     config = SchemeConfig(seeding=seeding)
     p_values, scored, green = null_trials(tokens, vocab, config, seed=1)

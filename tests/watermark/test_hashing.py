@@ -27,16 +27,16 @@ def ref_mix32(x: int) -> int:
 
 
 def ref_digest(context: list[int]) -> int:
-    digest = 0x9E3779B9
+    accumulated = 0x9E3779B9
     for token in context:
-        digest = ref_mix32(digest ^ token)
-    return digest
+        accumulated = (accumulated * 0x5BD1E995 + token) & MASK
+    return ref_mix32(accumulated)
 
 
 def ref_uniform(words: list[int], digest: int, token: int) -> int:
     k0, k1, k2, k3 = words
-    seed = ref_mix32(ref_mix32(digest ^ k0) ^ k1)
-    token_value = ref_mix32(token ^ k2)
+    seed = ref_mix32(digest ^ k0)
+    token_value = ref_mix32(token ^ k2) ^ k1
     return ref_mix32(((seed ^ token_value) + k3) & MASK)
 
 
@@ -113,7 +113,10 @@ def test_uniform_values_are_uniform_and_independent_across_contexts() -> None:
 
     rng = np.random.default_rng(7)
     words = np.array([0x01234567, 0x89ABCDEF, 0xDEADBEEF, 0x0BADF00D], dtype=np.uint32)
-    contexts = [np.arange(200_000, dtype=np.uint32), rng.integers(0, 50_000, 200_000).astype(np.uint32)]
+    contexts = [
+        np.arange(200_000, dtype=np.uint32),
+        rng.integers(0, 50_000, 200_000).astype(np.uint32),
+    ]
     digest = hashing.context_digest(contexts)
     values = hashing.keyed_uniform(words, digest, np.full(200_000, 42, dtype=np.uint32))
     top_bits = (values >> np.uint32(24)).astype(np.int64)

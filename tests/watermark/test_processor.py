@@ -18,18 +18,27 @@ VOCAB = 2003
 
 def tenant_keys(count: int, seed: int = 0) -> list[WatermarkKey]:
     rng = np.random.default_rng(seed)
-    return [WatermarkKey(f"wk_{index}", rng.bytes(32), tenant=f"tenant-{index}") for index in range(count)]
+    return [
+        WatermarkKey(f"wk_{index}", rng.bytes(32), tenant=f"tenant-{index}")
+        for index in range(count)
+    ]
 
 
-def numpy_green(config: SchemeConfig, key: WatermarkKey, context: list[int], vocab: int) -> np.ndarray:
+def numpy_green(
+    config: SchemeConfig, key: WatermarkKey, context: list[int], vocab: int
+) -> np.ndarray:
     """Green mask over the vocabulary as the detector would compute it for this context."""
     candidates = np.arange(vocab, dtype=np.uint32)
     words = np.array(key.words, dtype=np.uint32)
     if config.seeding is Seeding.LEFT_HASH:
-        columns = [np.full(vocab, token, dtype=np.uint32) for token in context[-config.context_width :]]
+        columns = [
+            np.full(vocab, token, dtype=np.uint32) for token in context[-config.context_width :]
+        ]
         digests = hashing.context_digest(columns)
     else:
-        window = context[len(context) - (config.context_width - 1) :] if config.context_width > 1 else []
+        window = (
+            context[len(context) - (config.context_width - 1) :] if config.context_width > 1 else []
+        )
         anchors = []
         for candidate in range(vocab):
             tokens = np.array([*window, candidate], dtype=np.uint32)
@@ -39,12 +48,21 @@ def numpy_green(config: SchemeConfig, key: WatermarkKey, context: list[int], voc
     return uniforms < np.uint32(config.green_threshold)
 
 
-@pytest.mark.parametrize("seeding", [Seeding.LEFT_HASH, Seeding.SELF_HASH])
-def test_processor_green_lists_match_the_detector_per_row(seeding: Seeding) -> None:
-    config = SchemeConfig(seeding=seeding, context_width=3).bind(VOCAB)
+BACKENDS = ["kernel", "torch"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    ("seeding", "width"),
+    [(Seeding.LEFT_HASH, 3), (Seeding.LEFT_HASH, 1), (Seeding.SELF_HASH, 3), (Seeding.SELF_HASH, 1)],
+)
+def test_processor_green_lists_match_the_detector_per_row(
+    seeding: Seeding, width: int, backend: str
+) -> None:
+    config = SchemeConfig(seeding=seeding, context_width=width).bind(VOCAB)
     keys = tenant_keys(3)
     rows = [keys[0], None, keys[1], keys[2], keys[0]]  # tenants mixed in one batch, one unkeyed
-    processor = TenantWatermarkProcessor(config, rows)
+    processor = TenantWatermarkProcessor(config, rows, backend=backend)  # type: ignore[arg-type]
     rng = np.random.default_rng(3)
     input_ids = torch.from_numpy(rng.integers(0, VOCAB, size=(5, 7)))
     scores = torch.zeros(5, VOCAB)
@@ -57,10 +75,11 @@ def test_processor_green_lists_match_the_detector_per_row(seeding: Seeding) -> N
         assert np.array_equal(out[row].numpy() == config.delta, expected)
 
 
-def test_gumbel_processor_picks_the_argmax_of_r_to_the_one_over_p() -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gumbel_processor_picks_the_argmax_of_r_to_the_one_over_p(backend: str) -> None:
     config = SchemeConfig(scheme=Scheme.GUMBEL, context_width=2).bind(VOCAB)
     key = tenant_keys(1)[0]
-    processor = TenantWatermarkProcessor(config, [key])
+    processor = TenantWatermarkProcessor(config, [key], backend=backend)  # type: ignore[arg-type]
     rng = np.random.default_rng(4)
     input_ids = torch.from_numpy(rng.integers(0, VOCAB, size=(1, 5)))
     scores = torch.from_numpy(rng.normal(size=(1, VOCAB)).astype(np.float32))
@@ -70,7 +89,9 @@ def test_gumbel_processor_picks_the_argmax_of_r_to_the_one_over_p() -> None:
     probabilities = torch.softmax(scores[0].double(), dim=-1).numpy()
     columns = [np.full(VOCAB, token, dtype=np.uint32) for token in input_ids[0, -2:].tolist()]
     uniforms = hashing.keyed_uniform(
-        np.array(key.words, dtype=np.uint32), hashing.context_digest(columns), np.arange(VOCAB, dtype=np.uint32)
+        np.array(key.words, dtype=np.uint32),
+        hashing.context_digest(columns),
+        np.arange(VOCAB, dtype=np.uint32),
     )
     r = (uniforms.astype(np.float64) + 0.5) / 2.0**32
     assert chosen == int(np.argmax(np.log(r) / probabilities))
@@ -88,7 +109,13 @@ def test_rows_expand_for_several_sequences_per_prompt() -> None:
 def random_model(vocab: int) -> object:
     torch.manual_seed(0)
     config = transformers.GPT2Config(
-        vocab_size=vocab, n_positions=512, n_embd=64, n_layer=2, n_head=2, bos_token_id=0, eos_token_id=None
+        vocab_size=vocab,
+        n_positions=512,
+        n_embd=64,
+        n_layer=2,
+        n_head=2,
+        bos_token_id=0,
+        eos_token_id=None,
     )
     return transformers.GPT2LMHeadModel(config).eval()
 
@@ -104,7 +131,7 @@ def test_round_trip_detects_and_attributes_200_samples_among_1000_tenants(scheme
     detected = attributed = 0
     samples = 200
     batch = 50
-    for first in range(0, samples, batch):
+    for _ in range(samples // batch):
         row_keys = [keys[int(index)] for index in rng.choice(1000, size=batch, replace=False)]
         prompts = torch.from_numpy(rng.integers(0, VOCAB, size=(batch, 8)))
         output = model.generate(  # type: ignore[attr-defined]
@@ -122,7 +149,9 @@ def test_round_trip_detects_and_attributes_200_samples_among_1000_tenants(scheme
             detection = detector.detect([completion], [truth]).total[0]
             detected += detection.p_value < 1e-6
             attribution = detector.attribute([completion], keys)
-            attributed += attribution.best.key_id == truth.key_id and attribution.corrected_p_value < 1e-6
+            attributed += (
+                attribution.best.key_id == truth.key_id and attribution.corrected_p_value < 1e-6
+            )
     assert detected >= 0.99 * samples
     assert attributed >= 0.99 * samples
 
@@ -137,8 +166,13 @@ def test_text_round_trip_through_a_tokenizer(word_tokenizer) -> None:  # type: i
     key = WatermarkKey("wk_text", os.urandom(32), tenant="text")
     prompt = torch.tensor([tokenizer.encode("w1 w2 w3 w4 w5").ids])
     output = model.generate(  # type: ignore[attr-defined]
-        prompt, attention_mask=torch.ones_like(prompt), do_sample=True, max_new_tokens=120,
-        min_new_tokens=120, logits_processor=[TenantWatermarkProcessor(config, [key])], pad_token_id=0,
+        prompt,
+        attention_mask=torch.ones_like(prompt),
+        do_sample=True,
+        max_new_tokens=120,
+        min_new_tokens=120,
+        logits_processor=[TenantWatermarkProcessor(config, [key])],
+        pad_token_id=0,
     )
     text = tokenizer.decode(output[0, prompt.shape[1] :].tolist())
     report = Detector(config).detect_text([text], [key], tokenizer)

@@ -34,8 +34,20 @@ def reference_gamma_log10(shape: int, value: float) -> float:
 
 @pytest.mark.parametrize(
     ("successes", "trials"),
-    [(1, 1), (5, 10), (60, 200), (80, 200), (150, 200), (200, 200), (900, 2000), (2000, 2000),
-     (4000, 5000), (30000, 50000), (260_000, 1_000_000), (3000, 3000)],
+    [
+        (1, 1),
+        (5, 10),
+        (60, 200),
+        (80, 200),
+        (150, 200),
+        (200, 200),
+        (900, 2000),
+        (2000, 2000),
+        (4000, 5000),
+        (30000, 50000),
+        (260_000, 1_000_000),
+        (3000, 3000),
+    ],
 )
 def test_binomial_tail_matches_arbitrary_precision(successes: int, trials: int) -> None:
     gamma = 0.25
@@ -58,8 +70,17 @@ def test_binomial_tail_stays_finite_below_1e_1000() -> None:
 
 @pytest.mark.parametrize(
     ("shape", "value"),
-    [(1, 0.5), (10, 10.0), (200, 230.0), (200, 400.0), (200, 900.0), (200, 2500.0),
-     (2000, 6000.0), (100_000, 101_000.0), (5, 2400.0)],
+    [
+        (1, 0.5),
+        (10, 10.0),
+        (200, 230.0),
+        (200, 400.0),
+        (200, 900.0),
+        (200, 2500.0),
+        (2000, 6000.0),
+        (100_000, 101_000.0),
+        (5, 2400.0),
+    ],
 )
 def test_gamma_tail_matches_arbitrary_precision(shape: int, value: float) -> None:
     _, log10_p = stats.gamma_upper_tail(shape, value)
@@ -79,7 +100,8 @@ def test_normal_approximation_would_be_anti_conservative_where_exact_is_not() ->
 
     trials, gamma = 25, 0.25
     threshold = next(
-        g for g in range(trials + 1)
+        g
+        for g in range(trials + 1)
         if (g - gamma * trials) / math.sqrt(trials * gamma * (1 - gamma)) >= 4
     )
     exact_size = binom.sf(threshold - 1, trials, gamma)

@@ -19,6 +19,7 @@ the anchor token, so repeated anchors are deduplicated too.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -191,19 +192,26 @@ class Detector:
         *,
         prompt_lengths: Sequence[int] | None = None,
         fingerprint: str | None = None,
+        per_document: bool = True,
     ) -> DetectionReport:
-        """Detect each key in each document and in all documents together."""
+        """Detect each key in each document and in all documents together.
+
+        With `per_document=False` only the total is computed (`documents` is empty): the
+        call a forensic scan of a large corpus makes, about twice as fast.
+        """
         self._check_fingerprint(fingerprint)
         keys = self._check_keys(keys)
-        tuples = self._tuples(documents, prompt_lengths)
-        totals, per_document = self._score(tuples, keys)
+        tuples = self._tuples(documents, prompt_lengths, per_document=per_document)
+        totals, by_document = self._score(tuples, keys, per_document=per_document)
+        if not per_document:
+            return DetectionReport(self.fingerprint, (), tuple(totals))
         return DetectionReport(
             fingerprint=self.fingerprint,
             documents=tuple(
                 DocumentDetection(
                     index=index,
                     tokens=int(tuples.document_lengths[index]),
-                    detections=tuple(per_document[index]),
+                    detections=tuple(by_document[index]),
                 )
                 for index in range(len(tuples.document_lengths))
             ),
@@ -278,13 +286,13 @@ class Detector:
             raise InputError("nothing to score: no documents")
         arrays = [np.asarray(document) for document in documents]
         for array in arrays:
-            if array.ndim != 1 or (array.size and not np.issubdtype(array.dtype, np.integer)):
+            if array.ndim != 1 or (array.size and array.dtype.kind not in "iu"):
                 raise InputError("each document must be a flat sequence of integer token ids")
         lengths = np.array([array.size for array in arrays], dtype=np.int64)
         flat = np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
         if flat.size == 0:
             raise InputError("nothing to score: the documents are empty")
-        if int(flat.min()) < 0:
+        if flat.dtype.kind == "i" and int(flat.min()) < 0:
             raise VocabularyMismatchError("negative token id")
         self.config.check_token_ids(int(flat.max()))
         tokens = flat.astype(np.uint32)
@@ -312,12 +320,10 @@ class Detector:
             if len(prompt_lengths) != len(arrays):
                 raise InputError("prompt_lengths must give one length per document")
             first_scored = np.maximum(first_scored, np.asarray(prompt_lengths, dtype=np.int64))
-        # +1 where a document's unscored head begins, -1 where it ends: a running sum > 0 marks
-        # the head. Done with bincount so it costs O(tokens), not a Python loop over documents.
         head_ends = np.minimum(starts + first_scored, ends)
-        edges = np.bincount(starts, minlength=flat.size + 1)[: flat.size + 1]
-        edges -= np.bincount(head_ends, minlength=flat.size + 1)[: flat.size + 1]
-        scored_mask = np.cumsum(edges[: flat.size]) == 0
+        scored_mask = np.ones(flat.size, dtype=bool)
+        for start, head_end in zip(starts.tolist(), head_ends.tolist(), strict=True):
+            scored_mask[start:head_end] = False
         # Context columns as shifted slices over positions lookback.. (cheaper than gathers);
         # the mask then keeps only scored positions.
         scored_mask = scored_mask[lookback:]
@@ -328,7 +334,7 @@ class Detector:
         else:
             digests = hashing.context_digest([_anchors(tokens, width)[scored_mask]])
 
-        packed = (digests.astype(np.uint64) << np.uint64(32)) | candidates.astype(np.uint64)
+        packed = _pack(digests, candidates)
         if not per_document or len(arrays) == 1:
             unique = _sorted_unique(np.sort(packed))
             return _Tuples(*_unpack(unique), lengths, None, None)
@@ -485,13 +491,24 @@ def _sorted_unique(sorted_values: npt.NDArray[np.generic]) -> npt.NDArray[np.gen
     return sorted_values[_first_of_runs(sorted_values)]
 
 
+def _pack(
+    digests: npt.NDArray[np.uint32], candidates: npt.NDArray[np.uint32]
+) -> npt.NDArray[np.uint64]:
+    """(digest << 32) | candidate, written as two 32-bit halves (no 64-bit temporaries)."""
+    packed = np.empty(digests.size, dtype=np.uint64)
+    halves = packed.view(np.uint32).reshape(-1, 2)
+    low, high = (0, 1) if sys.byteorder == "little" else (1, 0)
+    halves[:, high] = digests
+    halves[:, low] = candidates
+    return packed
+
+
 def _unpack(
     packed: npt.NDArray[np.generic],
 ) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.uint32]]:
-    packed64 = packed.astype(np.uint64, copy=False)
-    digests = (packed64 >> np.uint64(32)).astype(np.uint32)
-    candidates = (packed64 & np.uint64(0xFFFFFFFF)).astype(np.uint32)
-    return digests, candidates
+    halves = np.ascontiguousarray(packed, dtype=np.uint64).view(np.uint32).reshape(-1, 2)
+    low, high = (0, 1) if sys.byteorder == "little" else (1, 0)
+    return np.ascontiguousarray(halves[:, high]), np.ascontiguousarray(halves[:, low])
 
 
 def _encode(tokenizer: _Tokenizer, text: str) -> list[int]:

@@ -6,16 +6,21 @@ vocabulary at once (`hashing_torch`, bit-identical), detection over the scored t
 
 Definition, hash version ``dg-mix32-v1`` (all arithmetic modulo 2**32)::
 
-    mix32(x)        = xorshift-multiply finalizer: x ^= x>>16; x *= M1; x ^= x>>15; x *= M2;
-                      x ^= x>>15   (M1 = 0x21F0AAAD, M2 = 0x735A2D97)
-    digest(c1..ch)  = d := 0x9E3779B9; for c in c1..ch (oldest first): d := mix32(d ^ c)
-    uniform(k, d, v) = mix32(((s ^ t) + k3)) with s = mix32(mix32(d ^ k0) ^ k1),
-                                                  t = mix32(v ^ k2)
+    mix32(x)         = xorshift-multiply finalizer: x ^= x>>16; x *= M1; x ^= x>>15; x *= M2;
+                       x ^= x>>15   (M1 = 0x21F0AAAD, M2 = 0x735A2D97)
+    digest(c1..ch)   = mix32(d) after d := 0x9E3779B9; for c in c1..ch (oldest first):
+                       d := d * P + c   (P = 0x5BD1E995)
+    seed(d)          = mix32(d ^ k0)                  one per context
+    token_value(v)   = mix32(v ^ k2) ^ k1             one per candidate (cached over the vocab)
+    uniform(k, d, v) = mix32((seed(d) ^ token_value(v)) + k3)
 
 where k0..k3 are the four little-endian 32-bit words of the first 16 bytes of the tenant key
 (128 bits). The context digest is unkeyed, so it is computed once per token and shared by
-every tenant key during attribution; all key material enters after it. Both multipliers are
-below 2**31 so the torch twin can hold values in int64 without overflow.
+every tenant key during attribution; all key material enters after it. Digest collisions
+(about 2**-32 per pair of contexts) only make two contexts share green lists, and detection
+deduplicates on the exact (digest, token) pair the keyed part sees, so they never count the
+same evidence twice. All multipliers are below 2**31 so the torch twin can hold values in
+int64 without overflow.
 
 The self-hash seeding picks an anchor token from a window by an unkeyed rank,
 ``anchor_rank(v) = mix32(v ^ 0x85EBCA6B)``, and uses ``digest(anchor)`` as the context.
@@ -28,20 +33,25 @@ import numpy.typing as npt
 
 __all__ = [
     "ANCHOR_SALT",
+    "DIGEST_MULTIPLIER",
     "DIGEST_SEED",
     "HASH_VERSION",
     "MULTIPLIER_1",
     "MULTIPLIER_2",
     "anchor_rank",
+    "combine",
     "context_digest",
+    "keyed_seed",
     "keyed_uniform",
     "mix32",
+    "token_value",
 ]
 
 HASH_VERSION = "dg-mix32-v1"
 MULTIPLIER_1 = 0x21F0AAAD
 MULTIPLIER_2 = 0x735A2D97
 DIGEST_SEED = 0x9E3779B9
+DIGEST_MULTIPLIER = 0x5BD1E995
 ANCHOR_SALT = 0x85EBCA6B
 
 U32 = npt.NDArray[np.uint32]
@@ -71,16 +81,39 @@ def context_digest(columns: list[U32]) -> U32:
     """
     if not columns:
         raise ValueError("a context digest needs at least one column")
-    digest = mix32(np.uint32(DIGEST_SEED) ^ columns[0])
+    # polynomial accumulation (uint32 wraps modulo 2**32), then one full mix
+    digest = columns[0] + np.uint32((DIGEST_SEED * DIGEST_MULTIPLIER) & 0xFFFFFFFF)
+    multiplier = np.uint32(DIGEST_MULTIPLIER)
     for column in columns[1:]:
-        digest ^= column
-        digest = mix32(digest)
-    return digest
+        digest *= multiplier
+        digest += column
+    return mix32(digest)
 
 
 def anchor_rank(tokens: U32) -> U32:
     """Public rank used by self-hash seeding to choose the anchor token of a window."""
     return mix32(tokens ^ np.uint32(ANCHOR_SALT))
+
+
+def keyed_seed(digests: U32, k0: npt.NDArray[np.uint32] | np.uint32) -> U32:
+    """The keyed seed of a context digest: mix32(d ^ k0)."""
+    return mix32(digests ^ k0)
+
+
+def token_value(
+    tokens: U32, k1: npt.NDArray[np.uint32] | np.uint32, k2: npt.NDArray[np.uint32] | np.uint32
+) -> U32:
+    """The keyed value of a candidate token: mix32(v ^ k2) ^ k1."""
+    value = mix32(tokens ^ k2)
+    value ^= k1
+    return value
+
+
+def combine(seed: U32, value: U32, k3: npt.NDArray[np.uint32] | np.uint32) -> U32:
+    """The uniform value of (seed, candidate value): mix32((seed ^ value) + k3)."""
+    combined = seed ^ value
+    combined += k3
+    return mix32(combined)
 
 
 def keyed_uniform(key_words: npt.NDArray[np.uint32], digests: U32, tokens: U32) -> U32:
@@ -89,12 +122,5 @@ def keyed_uniform(key_words: npt.NDArray[np.uint32], digests: U32, tokens: U32) 
     `key_words` has shape (..., 4); its leading dimensions broadcast against those of
     `digests` and `tokens` (e.g. keys (K, 1, 4) against tokens (N,) gives (K, N)).
     """
-    k0 = key_words[..., 0]
-    k1 = key_words[..., 1]
-    k2 = key_words[..., 2]
-    k3 = key_words[..., 3]
-    seed = mix32(mix32(digests ^ k0) ^ k1)
-    token_value = mix32(tokens ^ k2)
-    combined = seed ^ token_value
-    combined += k3
-    return mix32(combined)
+    k0, k1, k2, k3 = (key_words[..., index] for index in range(4))
+    return combine(keyed_seed(digests, k0), token_value(tokens, k1, k2), k3)

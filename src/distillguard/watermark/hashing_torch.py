@@ -13,12 +13,21 @@ import torch
 
 from distillguard.watermark.hashing import (
     ANCHOR_SALT,
+    DIGEST_MULTIPLIER,
     DIGEST_SEED,
     MULTIPLIER_1,
     MULTIPLIER_2,
 )
 
-__all__ = ["anchor_rank", "context_digest", "keyed_uniform", "mix32"]
+__all__ = [
+    "anchor_rank",
+    "combine",
+    "context_digest",
+    "keyed_seed",
+    "keyed_uniform",
+    "mix32",
+    "token_value",
+]
 
 _MASK = 0xFFFFFFFF
 
@@ -36,15 +45,30 @@ def context_digest(columns: list[torch.Tensor]) -> torch.Tensor:
     """Unkeyed digest of context windows given as columns, oldest token first."""
     if not columns:
         raise ValueError("a context digest needs at least one column")
-    digest = mix32(columns[0] ^ DIGEST_SEED)
+    digest = (columns[0] + ((DIGEST_SEED * DIGEST_MULTIPLIER) & _MASK)) & _MASK
     for column in columns[1:]:
-        digest = mix32(digest ^ column)
-    return digest
+        digest = (((digest * DIGEST_MULTIPLIER) & _MASK) + column) & _MASK
+    return mix32(digest)
 
 
 def anchor_rank(tokens: torch.Tensor) -> torch.Tensor:
     """Public rank used by self-hash seeding to choose the anchor token of a window."""
     return mix32(tokens ^ ANCHOR_SALT)
+
+
+def keyed_seed(digests: torch.Tensor, k0: torch.Tensor | int) -> torch.Tensor:
+    return mix32(digests ^ k0)
+
+
+def token_value(
+    tokens: torch.Tensor, k1: torch.Tensor | int, k2: torch.Tensor | int
+) -> torch.Tensor:
+    return mix32(tokens ^ k2) ^ k1
+
+
+def combine(seed: torch.Tensor, value: torch.Tensor, k3: torch.Tensor | int) -> torch.Tensor:
+    """mix32((seed ^ value) + k3); broadcasts, e.g. seeds (B, 1) with values (B or 1, V)."""
+    return mix32(((seed ^ value) + k3) & _MASK)
 
 
 def keyed_uniform(
@@ -54,19 +78,5 @@ def keyed_uniform(
 
     `key_words` has shape (..., 4) of int64 holding 32-bit words.
     """
-    k0 = key_words[..., 0]
-    k1 = key_words[..., 1]
-    k2 = key_words[..., 2]
-    k3 = key_words[..., 3]
-    seed = mix32(mix32(digests ^ k0) ^ k1)
-    token_value = mix32(tokens ^ k2)
-    return mix32(((seed ^ token_value) + k3) & _MASK)
-
-
-def seed_and_mix(seed: torch.Tensor, token_values: torch.Tensor, k3: torch.Tensor) -> torch.Tensor:
-    """Last step of `keyed_uniform` given precomputed seeds and candidate token values.
-
-    Generation caches `token_values = mix32(vocab ^ k2)` per key, shape (V,), and computes one
-    seed per row, shape (B, 1); this returns (B, V).
-    """
-    return mix32(((seed ^ token_values) + k3) & _MASK)
+    k0, k1, k2, k3 = (key_words[..., index] for index in range(4))
+    return combine(keyed_seed(digests, k0), token_value(tokens, k1, k2), k3)

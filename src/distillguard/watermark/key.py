@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import numpy.typing as npt
@@ -32,7 +33,7 @@ class WatermarkKey:
                 f"got {len(self.secret) * 8}"
             )
 
-    @property
+    @cached_property
     def words(self) -> tuple[int, int, int, int]:
         """The four little-endian 32-bit words of the first 16 bytes: k0..k3 of the hash."""
         k0, k1, k2, k3 = (

@@ -1,0 +1,5 @@
+"""`python -m distillguard` runs the CLI."""
+
+from distillguard.cli import main
+
+main()

@@ -1,0 +1,183 @@
+"""The command line: keys, detection, and one-line errors for user mistakes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from distillguard.cli import main
+from distillguard.config import MASTER_SECRET_ENV
+
+
+@pytest.fixture(autouse=True)
+def no_secret_in_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(MASTER_SECRET_ENV, raising=False)
+
+
+def run(home: Path, *args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, ["--home", str(home), *args])
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.stdout, result.stderr
+
+
+def assert_one_line_error(outcome: tuple[int, str, str], fragment: str) -> None:
+    code, _, stderr = outcome
+    assert code != 0
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert fragment in lines[0]
+    assert "Traceback" not in stderr
+
+
+def test_help_explains_each_command() -> None:
+    result = CliRunner().invoke(main, ["--help"])
+    assert result.exit_code == 0
+    for command in ("keys", "detect"):
+        assert command in result.stdout
+    keys_help = CliRunner().invoke(main, ["keys", "--help"]).stdout
+    assert "init" in keys_help and "tenant" in keys_help
+
+
+def test_keys_init_then_tenant_prints_id_and_commitment_never_the_key(tmp_path: Path) -> None:
+    code, out, _ = run(tmp_path, "keys", "init")
+    assert code == 0 and "created" in out
+    code, out, _ = run(tmp_path, "keys", "init")
+    assert code == 0 and "already present" in out
+    code, out, _ = run(tmp_path, "keys", "tenant", "acme", "--json")
+    assert code == 0
+    fields = json.loads(out)
+    assert fields["key_id"].startswith("wk_")
+    assert fields["commitment"].startswith("sha256:")
+    from distillguard.keys import derive_tenant_key, load_master_secret
+
+    material = derive_tenant_key(load_master_secret(tmp_path), "acme").material
+    assert material.hex() not in out
+    # the commitment is recorded once and shown unchanged afterwards
+    assert json.loads(run(tmp_path, "keys", "tenant", "acme", "--json")[1]) == fields
+
+
+def test_tenant_without_a_secret_is_a_one_line_error(tmp_path: Path) -> None:
+    assert_one_line_error(run(tmp_path, "keys", "tenant", "acme"), "keys init")
+
+
+@pytest.fixture
+def watermarked_file(tmp_path: Path, word_tokenizer) -> tuple[Path, Path, Path]:  # type: ignore[no-untyped-def]
+    """A home with tenants acme and globex, and a text file watermarked for acme."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from distillguard.keys import derive_tenant_key, load_master_secret
+    from distillguard.watermark import SchemeConfig, tokenizer_fingerprint
+    from distillguard.watermark.processor import TenantWatermarkProcessor
+
+    tokenizer, tokenizer_dir = word_tokenizer
+    home = tmp_path / "home"
+    run(home, "keys", "init")
+    for tenant in ("acme", "globex"):
+        assert run(home, "keys", "tenant", tenant, "--tokenizer", str(tokenizer_dir))[0] == 0
+    key = derive_tenant_key(load_master_secret(home), "acme").watermark_key()
+    vocab = tokenizer.get_vocab_size()
+    config = SchemeConfig().bind(vocab, tokenizer_fingerprint(tokenizer))
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(
+        transformers.GPT2Config(vocab_size=vocab, n_embd=32, n_layer=1, n_head=2, eos_token_id=None)
+    ).eval()
+    prompt = torch.tensor([[5, 6, 7, 8, 9]])
+    output = model.generate(
+        prompt,
+        attention_mask=torch.ones_like(prompt),
+        do_sample=True,
+        max_new_tokens=80,
+        min_new_tokens=80,
+        logits_processor=[TenantWatermarkProcessor(config, [key])],
+        pad_token_id=0,
+    )
+    text_file = tmp_path / "suspect.txt"
+    text_file.write_text(tokenizer.decode(output[0, 5:].tolist()))
+    return home, tokenizer_dir, text_file
+
+
+def test_detect_finds_and_attributes_the_tenant(watermarked_file: tuple[Path, Path, Path]) -> None:
+    home, tokenizer_dir, text_file = watermarked_file
+    code, out, _ = run(home, "detect", str(text_file), "--tokenizer", str(tokenizer_dir), "--json")
+    assert code == 0
+    payload = json.loads(out)
+    assert payload["attribution"]["tenant"] == "acme"
+    assert payload["attribution"]["corrected_p_value"] < 1e-6
+    by_tenant = {item["tenant"]: item for item in payload["total"]}
+    assert by_tenant["globex"]["p_value"] > 1e-3
+    code, out, _ = run(
+        home, "detect", str(text_file), "--tokenizer", str(tokenizer_dir), "--tenant", "acme"
+    )
+    assert code == 0 and "TOTAL" in out and "acme" in out
+
+
+def test_detect_reads_jsonl(watermarked_file: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    home, tokenizer_dir, text_file = watermarked_file
+    lines = tmp_path / "docs.jsonl"
+    text = text_file.read_text()
+    lines.write_text(json.dumps({"text": text}) + "\n" + json.dumps({"text": text}) + "\n")
+    code, out, _ = run(
+        home, "detect", str(lines), "--tokenizer", str(tokenizer_dir), "--tenant", "acme", "--json"
+    )
+    payload = json.loads(out)
+    assert code == 0 and len(payload["documents"]) == 2
+    # duplicated documents add no evidence to the total
+    assert (
+        payload["total"][0]["scored_tokens"]
+        == payload["documents"][0]["detections"][0]["scored_tokens"]
+    )
+
+
+def test_detect_bad_input_gives_one_line_errors(
+    watermarked_file: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    home, tokenizer_dir, text_file = watermarked_file
+    tok = ["--tokenizer", str(tokenizer_dir)]
+    empty = tmp_path / "empty.txt"
+    empty.write_text("   \n")
+    binary = tmp_path / "blob.bin"
+    binary.write_bytes(b"\x00\x01\xff\xfe" * 10)
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("caf\xe9".encode("latin-1"))
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"text": "w1 w2"}\n{not json\n')
+    assert_one_line_error(run(home, "detect", str(empty), *tok), "empty")
+    assert_one_line_error(run(home, "detect", str(binary), *tok), "not a text file")
+    assert_one_line_error(run(home, "detect", str(latin), *tok), "not UTF-8")
+    assert_one_line_error(
+        run(home, "detect", str(broken), *tok), "broken.jsonl:2 is not valid JSON"
+    )
+    assert_one_line_error(run(home, "detect", str(tmp_path / "missing.txt"), *tok), "cannot read")
+    assert_one_line_error(
+        run(home, "detect", str(text_file), *tok, "--tenant", "nobody"), "unknown tenant"
+    )
+    assert_one_line_error(
+        run(home, "detect", str(text_file), *tok, "--gamma", "0.5"), "keyed under scheme"
+    )
+    assert_one_line_error(run(home, "detect", str(text_file)), "--tokenizer is required")
+    assert_one_line_error(
+        run(home, "detect", str(text_file), "--tokenizer", str(tmp_path)), "no tokenizer"
+    )
+    assert_one_line_error(
+        run(home, "detect", str(text_file), *tok, "--tenant", "acme", "--fingerprint", "sha256:00"),
+        "does not match",
+    )
+
+
+def test_console_script_errors_without_traceback(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "distillguard", "--home", str(tmp_path), "keys", "tenant", "acme"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: no master secret")
+    assert "Traceback" not in result.stderr
