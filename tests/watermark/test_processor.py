@@ -54,7 +54,12 @@ BACKENDS = ["kernel", "torch"]
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize(
     ("seeding", "width"),
-    [(Seeding.LEFT_HASH, 3), (Seeding.LEFT_HASH, 1), (Seeding.SELF_HASH, 3), (Seeding.SELF_HASH, 1)],
+    [
+        (Seeding.LEFT_HASH, 3),
+        (Seeding.LEFT_HASH, 1),
+        (Seeding.SELF_HASH, 3),
+        (Seeding.SELF_HASH, 1),
+    ],
 )
 def test_processor_green_lists_match_the_detector_per_row(
     seeding: Seeding, width: int, backend: str

@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from distillguard.watermark.hashing import (
     ANCHOR_SALT,
@@ -95,9 +95,10 @@ def row_seeds(  # pragma: no cover - compiled; covered through the processor tes
     return seeds, ranks
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def green_list_bias(  # pragma: no cover - compiled; covered through the processor tests
     scores: Any,
+    out_scores: Any,
     row_index: Any,
     row_seed: Any,
     row_k3: Any,
@@ -110,12 +111,17 @@ def green_list_bias(  # pragma: no cover - compiled; covered through the process
     threshold: Any,
     delta: float,
 ) -> None:
-    """Add `delta` in place to every green logit of the rows `row_index` of `scores`."""
+    """`out_scores[row] = scores[row] + delta * green` for the rows in `row_index`.
+
+    Writing the result while reading the logits replaces a separate copy of them; rows run in
+    parallel (the model's threads are idle while the processor runs).
+    """
     vocab = scores.shape[1]
-    for i in range(row_index.shape[0]):
+    for i in prange(row_index.shape[0]):
         # Row values hoisted out of the vocabulary loop, and one loop per seeding, so that the
         # inner loop is branch-light; numba is ~50x slower when they are looked up per element.
-        out = scores[row_index[i]]
+        source = scores[row_index[i]]
+        out = out_scores[row_index[i]]
         values = token_values[row_slot[i]]
         own_seeds = anchor_seeds[row_slot[i]]
         seed = row_seed[i]
@@ -124,15 +130,15 @@ def green_list_bias(  # pragma: no cover - compiled; covered through the process
         if self_hash:
             for v in range(vocab):
                 candidate_seed = own_seeds[v] if vocab_ranks[v] < context_rank else seed
-                if _mix32(((candidate_seed ^ values[v]) + k3) & _MASK) < threshold:
-                    out[v] += delta
+                green = _mix32(((candidate_seed ^ values[v]) + k3) & _MASK) < threshold
+                out[v] = source[v] + delta if green else source[v]
         else:
             for v in range(vocab):
-                if _mix32(((seed ^ values[v]) + k3) & _MASK) < threshold:
-                    out[v] += delta
+                green = _mix32(((seed ^ values[v]) + k3) & _MASK) < threshold
+                out[v] = source[v] + delta if green else source[v]
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def gumbel_choice(  # pragma: no cover - compiled; covered through the processor tests
     log_probs: Any,
     row_seed: Any,
@@ -147,7 +153,7 @@ def gumbel_choice(  # pragma: no cover - compiled; covered through the processor
     """Per row i, argmax_v of log p_v - log(-log r_v) (Aaronson 2022); returns (A,) int64."""
     rows, vocab = log_probs.shape
     chosen = np.empty(rows, dtype=np.int64)
-    for i in range(rows):
+    for i in prange(rows):
         row = log_probs[i]
         values = token_values[row_slot[i]]
         own_seeds = anchor_seeds[row_slot[i]]

@@ -315,8 +315,12 @@ class TenantWatermarkProcessor(LogitsProcessor):
     def _green_kernel(self, scores: torch.Tensor, rows: _Rows, tables: _KeyTables) -> torch.Tensor:
         kernels = _kernels()
 
-        out = scores.contiguous().clone()
+        source = scores.contiguous()
+        out = torch.empty_like(source)
+        if rows.index.numel() != source.shape[0]:  # rows without a key keep their logits
+            out.copy_(source)
         kernels.green_list_bias(
+            source.numpy(),
             out.numpy(),
             rows.index.numpy(),
             *self._kernel_arguments(rows, tables),
