@@ -113,7 +113,7 @@ def generation_figures(repeats: int) -> dict[str, float]:
             self, input_ids: torch.LongTensor, scores: torch.FloatTensor
         ) -> torch.FloatTensor:
             start = time.perf_counter()
-            out = self.inner(input_ids, scores)
+            out: torch.FloatTensor = self.inner(input_ids, scores)
             self.seconds += time.perf_counter() - start
             self.calls += 1
             return out
