@@ -217,7 +217,7 @@ def keys_tenant(
     multiple=True,
     help="Tenant to test (repeatable). Default: every recorded tenant.",
 )
-@click.option("--key-version", type=int, default=1, show_default=True)
+@click.option("--key-version", type=int, default=1, show_default=True, help="Key version to test.")
 @scheme_options
 @click.option(
     "--fingerprint", default=None, help="Recorded scheme fingerprint the detection must match."
