@@ -6,9 +6,8 @@
 Detection runs on one pinned core. The corpus is 1,000,000 token ids (2,000 documents of 500,
 GPT-2 vocabulary size); transformers' `WatermarkDetector` is timed on the first 10 of those
 documents (it scores about a thousand tokens a second, so the whole corpus would take
-minutes), and ours on the same 10 as well as on the whole corpus. Both use gamma 0.25 and a
-left-hash context of 4 tokens... transformers' detector hashes 1 token of context; its
-`context_width` is set to match ours where it supports it.
+minutes), and ours on the same 10 (`vs_transformers`) as well as on the whole corpus
+(`vs_transformers_corpus`). Both use gamma 0.25 and a left-hash context of 4 tokens.
 
 Generation overhead: one `generate` step of a 4-layer GPT-2 (d=256) at batch 32, with no
 watermark, with ours (a different tenant key per row) and with transformers'
@@ -70,7 +69,9 @@ def detection_figures(repeats: int) -> dict[str, float]:
         "tokens_per_s_per_document_tables": total_tokens / tables,
         "tokens_per_s_same_subset": subset_tokens / ours_subset,
         "transformers_tokens_per_s": subset_tokens / theirs,
-        "vs_transformers": (total_tokens / corpus) / (subset_tokens / theirs),
+        # strictly the same ids: ours on the 10 documents transformers scored
+        "vs_transformers": (subset_tokens / ours_subset) / (subset_tokens / theirs),
+        "vs_transformers_corpus": (total_tokens / corpus) / (subset_tokens / theirs),
         "attribution_tokens_per_s_1000_keys": ATTRIBUTION_TOKENS / attribution,
     }
 
@@ -209,7 +210,8 @@ def main() -> None:
                 "transformers WatermarkDetector",
                 f"{figures['transformers_tokens_per_s']:.0f} tokens/s",
             ),
-            ("ratio (ours corpus / transformers)", f"{figures['vs_transformers']:.0f}x"),
+            ("ratio on the same ids", f"{figures['vs_transformers']:.0f}x"),
+            ("ratio, ours on the corpus", f"{figures['vs_transformers_corpus']:.0f}x"),
             (
                 "attribution, 1,000 tenant keys",
                 f"{figures['attribution_tokens_per_s_1000_keys']:.0f} tokens/s",

@@ -117,6 +117,19 @@ def test_detect_finds_and_attributes_the_tenant(watermarked_file: tuple[Path, Pa
     assert code == 0 and "TOTAL" in out and "acme" in out
 
 
+def test_a_key_recorded_without_a_tokenizer_detects_with_any(
+    watermarked_file: tuple[Path, Path, Path],
+) -> None:
+    home, tokenizer_dir, text_file = watermarked_file
+    assert run(home, "keys", "tenant", "initech")[0] == 0  # no --tokenizer: unbound commitment
+    tok = ["--tokenizer", str(tokenizer_dir)]
+    code, out, _ = run(home, "detect", str(text_file), *tok, "--tenant", "initech", "--json")
+    assert code == 0
+    assert json.loads(out)["total"][0]["p_value"] > 1e-3
+    outcome = run(home, "detect", str(text_file), *tok, "--tenant", "initech", "--gamma", "0.5")
+    assert_one_line_error(outcome, "keyed under scheme")
+
+
 def test_detect_reads_jsonl(watermarked_file: tuple[Path, Path, Path], tmp_path: Path) -> None:
     home, tokenizer_dir, text_file = watermarked_file
     lines = tmp_path / "docs.jsonl"

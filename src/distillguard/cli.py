@@ -274,7 +274,9 @@ def detect(
             raise KeyNotFoundError(
                 f"unknown tenant {name!r}: no key version {key_version} recorded for it"
             )
-        if config.fingerprint not in schemes:
+        # A key recorded before it was bound to a tokenizer commits to the scheme parameters
+        # only; it is accepted for any vocabulary with those parameters.
+        if config.fingerprint not in schemes and config.unbound().fingerprint not in schemes:
             raise FingerprintMismatchError(
                 f"tenant {name!r} was keyed under scheme {sorted(schemes)[0]}, not "
                 f"{config.fingerprint}: pass the scheme options and tokenizer its key was "

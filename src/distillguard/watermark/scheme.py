@@ -97,6 +97,10 @@ class SchemeConfig:
         """The same scheme bound to a vocabulary (size and tokenizer hash)."""
         return replace(self, vocab_size=vocab_size, tokenizer_hash=tokenizer_hash)
 
+    def unbound(self) -> SchemeConfig:
+        """The same scheme without a vocabulary."""
+        return replace(self, vocab_size=None, tokenizer_hash=None)
+
     def canonical(self) -> dict[str, Any]:
         """The parameters that matter, in a stable form (what the fingerprint hashes)."""
         data: dict[str, Any] = {
