@@ -1,0 +1,319 @@
+"""`distillguard model train`: the embedded model, from the running CPython's prose to a model dir.
+
+Builds the corpus (`corpus`), trains a byte-level BPE tokenizer (Hugging Face `tokenizers`) and
+a small GPT-2-style causal LM (Hugging Face `transformers`), seeded, with a progress bar and
+checkpoints it can resume from, and saves a standard Hugging Face model directory
+(config.json, model.safetensors, tokenizer.json, generation_config.json) with a model card
+(card.json) giving the parameters, the corpus hash and the validation perplexity.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from distillguard.errors import ConfigError, require
+
+require("torch", "model")
+require("transformers", "model")
+require("tokenizers", "model")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from distillguard.engine.corpus import Corpus, build_corpus  # noqa: E402
+
+__all__ = [
+    "CARD_FILE",
+    "CHAT_TEMPLATE",
+    "SPECIAL_TOKENS",
+    "TrainConfig",
+    "TrainResult",
+    "train_model",
+    "train_tokenizer",
+    "validation_perplexity",
+]
+
+CARD_FILE = "card.json"
+CHECKPOINT_DIR = "checkpoint"
+END_OF_TEXT = "<|endoftext|>"
+SPECIAL_TOKENS = [END_OF_TEXT, "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+# A plain role-tagged template; the embedded model was trained on prose, not dialogue, so it
+# continues the conversation as prose. Real chat models bring their own template.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}<|end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines the trained model. The defaults build the shipped model."""
+
+    vocab_size: int = 4096
+    layers: int = 4
+    width: int = 256
+    heads: int = 4
+    context: int = 256
+    batch_size: int = 16
+    steps: int = 480
+    learning_rate: float = 2e-3
+    warmup_steps: int = 40
+    weight_decay: float = 0.1
+    dropout: float = 0.1
+    seed: int = 0
+    checkpoint_every: int = 40
+    fp16_weights: bool = True  # halves the shipped size; perplexity is measured after rounding
+    max_train_paragraphs: int | None = None  # tiny configurations for tests
+
+    @classmethod
+    def tiny(cls) -> TrainConfig:
+        """A configuration that trains in seconds, for tests."""
+        return cls(
+            vocab_size=512, layers=1, width=32, heads=2, context=32, batch_size=8, steps=12,
+            warmup_steps=2, checkpoint_every=4, max_train_paragraphs=400,
+        )
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    output_dir: Path
+    parameters: int
+    validation_perplexity: float
+    corpus_sha256: str
+    train_tokens: int
+    seconds: float
+
+
+def train_tokenizer(corpus: Corpus, vocab_size: int) -> Any:
+    """Byte-level BPE over the training paragraphs, with the chat special tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(corpus.train, trainer=trainer)
+    return tokenizer
+
+
+def _token_stream(tokenizer: Any, paragraphs: tuple[str, ...], end_of_text: int) -> np.ndarray:
+    ids: list[int] = []
+    for encoding in tokenizer.encode_batch(list(paragraphs)):
+        ids.extend(encoding.ids)
+        ids.append(end_of_text)
+    return np.asarray(ids, dtype=np.int64)
+
+
+def _model_config(config: TrainConfig, end_of_text: int) -> Any:
+    from transformers import GPT2Config
+
+    return GPT2Config(
+        vocab_size=config.vocab_size,
+        n_positions=config.context,
+        n_embd=config.width,
+        n_layer=config.layers,
+        n_head=config.heads,
+        resid_pdrop=config.dropout,
+        embd_pdrop=config.dropout,
+        attn_pdrop=config.dropout,
+        bos_token_id=end_of_text,
+        eos_token_id=end_of_text,
+        pad_token_id=end_of_text,
+    )
+
+
+@torch.no_grad()
+def validation_perplexity(model: Any, stream: np.ndarray, context: int, batch_size: int = 16) -> float:
+    """exp(mean next-token loss) over non-overlapping windows of the validation stream."""
+    model.eval()
+    usable = (stream.size - 1) // context * context
+    inputs = torch.from_numpy(stream[:usable].reshape(-1, context))
+    targets = torch.from_numpy(stream[1 : usable + 1].reshape(-1, context))
+    total, count = 0.0, 0
+    for first in range(0, inputs.shape[0], batch_size):
+        logits = model(input_ids=inputs[first : first + batch_size]).logits.float()
+        loss = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]),
+            targets[first : first + batch_size].reshape(-1),
+            reduction="sum",
+        )
+        total += float(loss)
+        count += targets[first : first + batch_size].numel()
+    if count == 0:
+        raise ConfigError("the validation split is shorter than one context window")
+    return math.exp(total / count)
+
+
+def _learning_rate(config: TrainConfig, step: int) -> float:
+    """Linear warm-up, then cosine decay to a tenth of the peak."""
+    if step < config.warmup_steps:
+        return config.learning_rate * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    return config.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def train_model(
+    output_dir: Path,
+    config: TrainConfig | None = None,
+    *,
+    resume: bool = True,
+    progress: bool = True,
+    on_step: Callable[[int, float], None] | None = None,
+) -> TrainResult:
+    """Train the embedded model into `output_dir` (a Hugging Face model directory).
+
+    Checkpoints go to ``output_dir/checkpoint``; with `resume` a run continues from the last one
+    (same configuration required) and the result is the same as an uninterrupted run.
+    """
+    from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    config = config or TrainConfig()
+    started = time.perf_counter()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    corpus = build_corpus()
+    if config.max_train_paragraphs is not None:
+        corpus = replace(corpus, train=corpus.train[: config.max_train_paragraphs])
+    tokenizer = train_tokenizer(corpus, config.vocab_size)
+    end_of_text = tokenizer.token_to_id(END_OF_TEXT)
+    train_stream = _token_stream(tokenizer, corpus.train, end_of_text)
+    validation_stream = _token_stream(tokenizer, corpus.validation, end_of_text)
+
+    random.seed(config.seed)
+    np.random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    model = GPT2LMHeadModel(_model_config(config, end_of_text))
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.learning_rate,
+        betas=(0.9, 0.95),
+    )
+    batches = np.random.default_rng(config.seed)
+    start_step = 0
+    checkpoint_dir = output_dir / CHECKPOINT_DIR
+    checkpoint_file = checkpoint_dir / "state.pt"
+    if resume and checkpoint_file.is_file():
+        state = torch.load(checkpoint_file, weights_only=False)
+        if state["config"] != asdict(config):
+            raise ConfigError(
+                f"{checkpoint_file} was written with another configuration; remove it or pass --no-resume"
+            )
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        batches.bit_generator.state = state["batches"]
+        torch.set_rng_state(state["torch_rng"])
+        start_step = state["step"]
+
+    bar = _progress(config.steps, start_step, enabled=progress)
+    model.train()
+    for step in range(start_step, config.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = _learning_rate(config, step)
+        starts = batches.integers(0, train_stream.size - config.context, size=config.batch_size)
+        windows = np.stack([train_stream[start : start + config.context] for start in starts])
+        tokens = torch.from_numpy(windows)
+        loss = model(input_ids=tokens, labels=tokens).loss  # the model shifts labels itself
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        bar.update(1)
+        bar.set_postfix(loss=f"{float(loss):.3f}")
+        if on_step is not None:
+            on_step(step, float(loss))
+        if (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
+            checkpoint_dir.mkdir(exist_ok=True)
+            temporary = checkpoint_file.with_suffix(".tmp")
+            torch.save(
+                {
+                    "config": asdict(config),
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "batches": batches.bit_generator.state,
+                    "torch_rng": torch.get_rng_state(),
+                    "step": step + 1,
+                },
+                temporary,
+            )
+            os.replace(temporary, checkpoint_file)
+    bar.close()
+
+    if config.fp16_weights:
+        model = model.half().float()  # what the shipped fp16 file will hold
+    perplexity = validation_perplexity(model, validation_stream, config.context)
+    if config.fp16_weights:
+        model = model.half()
+    model.save_pretrained(output_dir, safe_serialization=True)
+    model.generation_config.save_pretrained(output_dir)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token=END_OF_TEXT,
+        eos_token=END_OF_TEXT,
+        pad_token=END_OF_TEXT,
+        model_max_length=config.context,
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(output_dir)
+    seconds = time.perf_counter() - started
+    result = TrainResult(
+        output_dir=output_dir,
+        parameters=sum(parameter.numel() for parameter in model.parameters()),
+        validation_perplexity=perplexity,
+        corpus_sha256=corpus.sha256,
+        train_tokens=int(train_stream.size),
+        seconds=seconds,
+    )
+    _write_card(output_dir, config, result, corpus, int(validation_stream.size))
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    return result
+
+
+def _write_card(
+    output_dir: Path, config: TrainConfig, result: TrainResult, corpus: Corpus, validation_tokens: int
+) -> None:
+    card = {
+        "name": "distillguard-embedded",
+        "architecture": "GPT-2 (transformers GPT2LMHeadModel)",
+        "parameters": result.parameters,
+        "weights": "float16" if config.fp16_weights else "float32",
+        "validation_perplexity": round(result.validation_perplexity, 4),
+        "corpus": {
+            "source": "CPython standard library docstrings and pydoc_data.topics, prose paragraphs",
+            "python_version": corpus.python_version,
+            "sha256": corpus.sha256,
+            "train_paragraphs": len(corpus.train),
+            "validation_paragraphs": len(corpus.validation),
+            "train_tokens": result.train_tokens,
+            "validation_tokens": validation_tokens,
+        },
+        "train_config": asdict(config),
+        "train_seconds": round(result.seconds, 1),
+        "trained_on": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
+        "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "reproduce": "distillguard model train --output DIR",
+    }
+    (output_dir / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
+
+
+def _progress(total: int, initial: int, *, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, unit="step", desc="training")
