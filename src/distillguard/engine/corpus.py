@@ -31,7 +31,15 @@ from pathlib import Path
 
 __all__ = ["Corpus", "build_corpus", "is_prose"]
 
-_SKIPPED_DIRECTORIES = {"test", "tests", "idle_test", "idlelib", "lib2to3", "site-packages", "__pycache__"}
+_SKIPPED_DIRECTORIES = {
+    "test",
+    "tests",
+    "idle_test",
+    "idlelib",
+    "lib2to3",
+    "site-packages",
+    "__pycache__",
+}
 _VALIDATION_BYTE = 13  # sha256(paragraph)[0] < 13: 13/256 ~ 5% held out
 _MIN_WORDS = 8
 _WORD = re.compile(r"[A-Za-z][A-Za-z'-]*")
@@ -70,8 +78,8 @@ def is_prose(paragraph: str) -> bool:
     code_like = sum(
         1
         for line in lines
-        if line.startswith(("    ", "\t")) or line.rstrip().endswith((":", ";", "{", "}", ")"))
-        and "(" in line
+        if line.startswith(("    ", "\t"))
+        or (line.rstrip().endswith((":", ";", "{", "}", ")")) and "(" in line)
     )
     return code_like <= len(lines) // 3
 

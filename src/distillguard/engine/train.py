@@ -66,9 +66,9 @@ class TrainConfig:
     heads: int = 4
     context: int = 256
     batch_size: int = 16
-    steps: int = 480
+    steps: int = 720
     learning_rate: float = 2e-3
-    warmup_steps: int = 40
+    warmup_steps: int = 50
     weight_decay: float = 0.1
     dropout: float = 0.1
     seed: int = 0
@@ -80,8 +80,16 @@ class TrainConfig:
     def tiny(cls) -> TrainConfig:
         """A configuration that trains in seconds, for tests."""
         return cls(
-            vocab_size=512, layers=1, width=32, heads=2, context=32, batch_size=8, steps=12,
-            warmup_steps=2, checkpoint_every=4, max_train_paragraphs=400,
+            vocab_size=512,
+            layers=1,
+            width=32,
+            heads=2,
+            context=32,
+            batch_size=8,
+            steps=12,
+            warmup_steps=2,
+            checkpoint_every=4,
+            max_train_paragraphs=400,
         )
 
 
@@ -140,7 +148,9 @@ def _model_config(config: TrainConfig, end_of_text: int) -> Any:
 
 
 @torch.no_grad()
-def validation_perplexity(model: Any, stream: np.ndarray, context: int, batch_size: int = 16) -> float:
+def validation_perplexity(
+    model: Any, stream: np.ndarray, context: int, batch_size: int = 16
+) -> float:
     """exp(mean next-token loss) over non-overlapping windows of the validation stream."""
     model.eval()
     usable = (stream.size - 1) // context * context
@@ -148,7 +158,8 @@ def validation_perplexity(model: Any, stream: np.ndarray, context: int, batch_si
     targets = torch.from_numpy(stream[1 : usable + 1].reshape(-1, context))
     total, count = 0.0, 0
     for first in range(0, inputs.shape[0], batch_size):
-        logits = model(input_ids=inputs[first : first + batch_size]).logits.float()
+        window = inputs[first : first + batch_size]
+        logits = model(input_ids=window, attention_mask=torch.ones_like(window)).logits.float()
         loss = torch.nn.functional.cross_entropy(
             logits.reshape(-1, logits.shape[-1]),
             targets[first : first + batch_size].reshape(-1),
@@ -198,11 +209,14 @@ def train_model(
     random.seed(config.seed)
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)
-    model = GPT2LMHeadModel(_model_config(config, end_of_text))
+    model: Any = GPT2LMHeadModel(_model_config(config, end_of_text))
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        [
+            {"params": decay, "weight_decay": config.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
         lr=config.learning_rate,
         betas=(0.9, 0.95),
     )
@@ -214,7 +228,8 @@ def train_model(
         state = torch.load(checkpoint_file, weights_only=False)
         if state["config"] != asdict(config):
             raise ConfigError(
-                f"{checkpoint_file} was written with another configuration; remove it or pass --no-resume"
+                f"{checkpoint_file} was written with another configuration; "
+                "remove it or pass --no-resume"
             )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -230,15 +245,17 @@ def train_model(
         starts = batches.integers(0, train_stream.size - config.context, size=config.batch_size)
         windows = np.stack([train_stream[start : start + config.context] for start in starts])
         tokens = torch.from_numpy(windows)
-        loss = model(input_ids=tokens, labels=tokens).loss  # the model shifts labels itself
+        # the model shifts the labels itself: position t predicts token t + 1
+        loss = model(input_ids=tokens, attention_mask=torch.ones_like(tokens), labels=tokens).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         bar.update(1)
-        bar.set_postfix(loss=f"{float(loss):.3f}")
+        loss_value = float(loss.detach())
+        bar.set_postfix(loss=f"{loss_value:.3f}")
         if on_step is not None:
-            on_step(step, float(loss))
+            on_step(step, loss_value)
         if (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
             checkpoint_dir.mkdir(exist_ok=True)
             temporary = checkpoint_file.with_suffix(".tmp")
@@ -263,7 +280,7 @@ def train_model(
         model = model.half()
     model.save_pretrained(output_dir, safe_serialization=True)
     model.generation_config.save_pretrained(output_dir)
-    fast = PreTrainedTokenizerFast(
+    fast: Any = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=tokenizer,
         bos_token=END_OF_TEXT,
         eos_token=END_OF_TEXT,
@@ -287,7 +304,11 @@ def train_model(
 
 
 def _write_card(
-    output_dir: Path, config: TrainConfig, result: TrainResult, corpus: Corpus, validation_tokens: int
+    output_dir: Path,
+    config: TrainConfig,
+    result: TrainResult,
+    corpus: Corpus,
+    validation_tokens: int,
 ) -> None:
     card = {
         "name": "distillguard-embedded",

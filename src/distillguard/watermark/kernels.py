@@ -7,11 +7,11 @@ touch the logits only where a token is green. All arithmetic is on uint64 holdin
 values, masked after each multiplication and addition, exactly as the definition in
 `hashing` says; `tests/watermark/test_processor.py` checks them against the numpy twin.
 
-Arrays: `scores` (B, V) float and `row_index` (A,) int64, the rows to mark; per marked row
-`row_seed`, `row_k3`, `row_context_rank` (A,) uint64 and `row_slot` (A,) int64 indexing
-`token_values` / `anchor_seeds` (slots, V) uint64;
+Arrays: `scores` (B, V) float and `row_index` (A,) int64, the rows to mark; per marked row its
+last tokens `context` (A, lookback) int64, its key words `row_words` (A, 4) uint64 and
+`row_slot` (A,) int64 indexing `token_values` / `anchor_seeds` (slots, V) uint64;
 `vocab_ranks` (V,) uint64. Self-hash rows use the candidate's own anchor seed when its rank
-beats the context's (a context rank of 2**32 means the window is empty).
+beats the context's.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from distillguard.watermark.hashing import (
     MULTIPLIER_2,
 )
 
-__all__ = ["green_list_bias", "gumbel_choice", "row_seeds"]
+__all__ = ["green_list_step", "gumbel_step"]
 
 _MASK = np.uint64(0xFFFFFFFF)
 _M1 = np.uint64(MULTIPLIER_1)
@@ -57,52 +57,41 @@ def _mix32(x: Any) -> Any:
     return x
 
 
-@njit(cache=True)
-def row_seeds(  # pragma: no cover - compiled; covered through the processor tests
-    context: Any, row_words: Any, self_hash: bool
-) -> Any:
-    """Per row: (seed, context rank) from its last tokens `context` (A, lookback) uint64.
+@njit(cache=True, inline="always")
+def _row_seed(context: Any, i: int, k0: Any, self_hash: bool) -> tuple[Any, Any]:
+    """(seed, context rank) of row i from its last tokens `context[i]` (int64).
 
-    Left-hash: seed of digest(context). Self-hash: the context's lowest-ranked token is the
-    anchor; its seed and rank are returned (rank 2**32 when the window is empty).
+    Left-hash: the keyed seed of digest(context). Self-hash: the context's lowest-ranked token
+    is the anchor; its seed and rank (2**32 when the window is empty, so the candidate wins).
     """
-    rows, lookback = context.shape
-    seeds = np.empty(rows, dtype=np.uint64)
-    ranks = np.empty(rows, dtype=np.uint64)
-    for i in range(rows):
-        k0 = row_words[i, 0]
-        if not self_hash:
-            accumulated = (context[i, 0] + _DIGEST_START) & _MASK
-            for j in range(1, lookback):
-                accumulated = (((accumulated * _DIGEST_MULTIPLIER) & _MASK) + context[i, j]) & _MASK
-            digest = _mix32(accumulated)
-            ranks[i] = _NO_RANK
-        elif lookback == 0:
-            seeds[i] = 0
-            ranks[i] = _NO_RANK
-            continue
-        else:
-            anchor = context[i, 0]
-            best_rank = _mix32(anchor ^ _ANCHOR_SALT)
-            for j in range(1, lookback):
-                rank = _mix32(context[i, j] ^ _ANCHOR_SALT)
-                if rank < best_rank:
-                    best_rank = rank
-                    anchor = context[i, j]
-            digest = _mix32((anchor + _DIGEST_START) & _MASK)
-            ranks[i] = best_rank
-        seeds[i] = _mix32(digest ^ k0)
-    return seeds, ranks
+    lookback = context.shape[1]
+    if not self_hash:
+        accumulated = (np.uint64(context[i, 0]) + _DIGEST_START) & _MASK
+        for j in range(1, lookback):
+            accumulated = ((accumulated * _DIGEST_MULTIPLIER) & _MASK) + np.uint64(context[i, j])
+            accumulated &= _MASK
+        return _mix32(_mix32(accumulated) ^ k0), _NO_RANK
+    if lookback == 0:
+        return np.uint64(0), _NO_RANK
+    anchor = np.uint64(context[i, 0])
+    best_rank = _mix32(anchor ^ _ANCHOR_SALT)
+    for j in range(1, lookback):
+        token = np.uint64(context[i, j])
+        rank = _mix32(token ^ _ANCHOR_SALT)
+        if rank < best_rank:
+            best_rank = rank
+            anchor = token
+    digest = _mix32((anchor + _DIGEST_START) & _MASK)
+    return _mix32(digest ^ k0), best_rank
 
 
 @njit(cache=True, parallel=True)
-def green_list_bias(  # pragma: no cover - compiled; covered through the processor tests
+def green_list_step(  # pragma: no cover - compiled; covered through the processor tests
     scores: Any,
     out_scores: Any,
     row_index: Any,
-    row_seed: Any,
-    row_k3: Any,
-    row_context_rank: Any,
+    context: Any,
+    row_words: Any,
     row_slot: Any,
     token_values: Any,
     anchor_seeds: Any,
@@ -113,20 +102,20 @@ def green_list_bias(  # pragma: no cover - compiled; covered through the process
 ) -> None:
     """`out_scores[row] = scores[row] + delta * green` for the rows in `row_index`.
 
-    Writing the result while reading the logits replaces a separate copy of them; rows run in
-    parallel (the model's threads are idle while the processor runs).
+    `context[i]` holds row i's last tokens (int64); the seed is computed here, so one call
+    does a whole step. Writing the result while reading the logits replaces a separate copy;
+    rows run in parallel (the model's threads are idle while the processor runs).
     """
     vocab = scores.shape[1]
     for i in prange(row_index.shape[0]):
         # Row values hoisted out of the vocabulary loop, and one loop per seeding, so that the
         # inner loop is branch-light; numba is ~50x slower when they are looked up per element.
+        seed, context_rank = _row_seed(context, i, row_words[i, 0], self_hash)
+        k3 = row_words[i, 3]
         source = scores[row_index[i]]
         out = out_scores[row_index[i]]
         values = token_values[row_slot[i]]
         own_seeds = anchor_seeds[row_slot[i]]
-        seed = row_seed[i]
-        k3 = row_k3[i]
-        context_rank = row_context_rank[i]
         if self_hash:
             for v in range(vocab):
                 candidate_seed = own_seeds[v] if vocab_ranks[v] < context_rank else seed
@@ -139,11 +128,10 @@ def green_list_bias(  # pragma: no cover - compiled; covered through the process
 
 
 @njit(cache=True, parallel=True)
-def gumbel_choice(  # pragma: no cover - compiled; covered through the processor tests
+def gumbel_step(  # pragma: no cover - compiled; covered through the processor tests
     log_probs: Any,
-    row_seed: Any,
-    row_k3: Any,
-    row_context_rank: Any,
+    context: Any,
+    row_words: Any,
     row_slot: Any,
     token_values: Any,
     anchor_seeds: Any,
@@ -154,12 +142,11 @@ def gumbel_choice(  # pragma: no cover - compiled; covered through the processor
     rows, vocab = log_probs.shape
     chosen = np.empty(rows, dtype=np.int64)
     for i in prange(rows):
+        seed, context_rank = _row_seed(context, i, row_words[i, 0], self_hash)
+        k3 = row_words[i, 3]
         row = log_probs[i]
         values = token_values[row_slot[i]]
         own_seeds = anchor_seeds[row_slot[i]]
-        seed = row_seed[i]
-        k3 = row_k3[i]
-        context_rank = row_context_rank[i]
         floor = np.max(row) - _GUMBEL_REACH
         best = -np.inf
         best_index = 0

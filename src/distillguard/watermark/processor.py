@@ -57,9 +57,9 @@ def _as_uint64(tensor: torch.Tensor) -> np.ndarray:
     return tensor.numpy().view(np.uint64)
 
 
-def _as_int64_tensor(array: np.ndarray) -> torch.Tensor:
-    """Zero-copy int64 tensor over a uint64 array holding values below 2**63."""
-    return torch.from_numpy(np.ascontiguousarray(array).view(np.int64))
+def _int64_array(tensor: torch.Tensor) -> np.ndarray:
+    """A contiguous int64 numpy array of token ids (zero-copy when already so)."""
+    return np.ascontiguousarray(tensor.to(torch.int64).numpy())
 
 
 def _kernels() -> Any:
@@ -84,6 +84,7 @@ class _KeyTables:
         self.token_values = torch.empty(self.capacity, vocab, dtype=torch.int64, device=device)
         self.anchor_seeds = torch.empty_like(self.token_values)
         self.slots: OrderedDict[bytes, int] = OrderedDict()
+        self.generation = 0  # bumped when a slot is reused, so cached row plans go stale
         vocabulary = torch.arange(vocab, dtype=torch.int64, device=device)
         self.vocabulary = vocabulary
         self.vocab_ranks = hashing_torch.anchor_rank(vocabulary)
@@ -101,6 +102,7 @@ class _KeyTables:
             index = len(self.slots)
         else:
             _, index = self.slots.popitem(last=False)
+            self.generation += 1
         k0, k1, k2, _ = key.words
         self.token_values[index] = hashing_torch.token_value(self.vocabulary, k1, k2)
         self.anchor_seeds[index] = hashing_torch.keyed_seed(self._vocab_digests, k0)
@@ -117,13 +119,24 @@ class _KeyTables:
 
 
 @dataclass(frozen=True)
-class _Rows:
-    """Per marked row, all (A,) int64 tensors holding 32-bit values (slot: table index)."""
+class _Plan:
+    """Which rows of a batch are marked, with which key slot: fixed for a whole generation."""
 
-    index: torch.Tensor
-    slot: torch.Tensor
+    active: list[int]
+    index: torch.Tensor  # (A,) int64
+    index_array: np.ndarray
+    slot: torch.Tensor  # (A,) int64
+    slot_array: np.ndarray
+    words: torch.Tensor  # (A, 4) int64 holding 32-bit words
+    words_array: np.ndarray  # (A, 4) uint64
+    generation: int
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """Torch backend: per marked row, (A,) int64 tensors holding 32-bit values."""
+
     seed: torch.Tensor  # left-hash seed, or the self-hash context anchor's seed
-    k3: torch.Tensor
     context_rank: torch.Tensor  # self-hash: rank of the context anchor (2**32 if none)
 
 
@@ -159,6 +172,7 @@ class TenantWatermarkProcessor(LogitsProcessor):
         self.top_p = top_p
         self.backend = backend
         self._tables: dict[tuple[int, str], _KeyTables] = {}
+        self._plans: dict[tuple[int, int], _Plan] = {}
         self._self_hash = config.seeding is Seeding.SELF_HASH
         if config.seeding is Seeding.LEFT_HASH:
             self._lookback = config.context_width
@@ -171,33 +185,33 @@ class TenantWatermarkProcessor(LogitsProcessor):
         batch, length = input_ids.shape
         if length < self._lookback:
             return scores
-        keys = self._expand_rows(batch)
-        active = [index for index, key in enumerate(keys) if key is not None]
-        if not active:
+        tables = self._tables_for(scores.shape[-1], scores.device)
+        plan = self._plan(batch, tables)
+        if not plan.active:
             return scores
-        vocab = scores.shape[-1]
-        tables = self._tables_for(vocab, scores.device)
-        marked = [key for key in keys if key is not None]
         use_kernel = self.backend == "kernel" or (
             self.backend == "auto"
             and _HAVE_NUMBA
             and scores.device.type == "cpu"
             and scores.dtype in _KERNEL_DTYPES
         )
-        if use_kernel:
-            rows = self._rows_kernel(input_ids, active, marked, tables)
-        else:
-            rows = self._rows_torch(input_ids, active, marked, tables)
+        context = input_ids[:, length - self._lookback :]
+        if len(plan.active) != batch:
+            context = context[plan.index]
         scheme = self.config.scheme
         if scheme is Scheme.GREEN_LIST:
-            marked_scores = self._green_kernel if use_kernel else self._green_torch
-            return cast(torch.FloatTensor, marked_scores(scores, rows, tables))
+            if use_kernel:
+                return cast(torch.FloatTensor, self._green_kernel(scores, context, plan, tables))
+            return cast(torch.FloatTensor, self._green_torch(scores, context, plan, tables))
         if scheme is Scheme.GUMBEL:
-            choose = self._gumbel_kernel if use_kernel else self._gumbel_torch
-            chosen = choose(self._log_probs(scores[rows.index]), rows, tables)
+            log_probs = self._log_probs(scores[plan.index])
+            if use_kernel:
+                chosen = self._gumbel_kernel(log_probs, context, plan, tables)
+            else:
+                chosen = self._gumbel_torch(log_probs, context, plan, tables)
             out = scores.clone()
-            out[rows.index] = float("-inf")
-            out[rows.index, chosen] = 0.0
+            out[plan.index] = float("-inf")
+            out[plan.index, chosen] = 0.0
             return cast(torch.FloatTensor, out)
         raise SchemeError(f"unknown scheme {scheme}")
 
@@ -219,111 +233,95 @@ class TenantWatermarkProcessor(LogitsProcessor):
             tables = self._tables[cache_key] = _KeyTables(vocab, device)
         return tables
 
-    def _rows_kernel(
-        self,
-        input_ids: torch.Tensor,
-        active: list[int],
-        marked: list[WatermarkKey],
-        tables: _KeyTables,
-    ) -> _Rows:
-        """Row state computed by the kernel from the last tokens: no small torch ops per step."""
-        kernels = _kernels()
-
-        index = torch.tensor(active, dtype=torch.int64)
-        slots = torch.tensor([tables.slot(key) for key in marked], dtype=torch.int64)
-        words = np.array([key.words for key in marked], dtype=np.uint64)
-        length = input_ids.shape[1]
-        context = input_ids[index, length - self._lookback :].numpy().astype(np.uint64)
-        seeds, ranks = kernels.row_seeds(context, words, self._self_hash)
-        return _Rows(
-            index,
-            slots,
-            _as_int64_tensor(seeds),
-            _as_int64_tensor(words[:, 3]),
-            _as_int64_tensor(ranks),
+    def _plan(self, batch: int, tables: _KeyTables) -> _Plan:
+        cache_key = (batch, id(tables))
+        plan = self._plans.get(cache_key)
+        if plan is not None and plan.generation == tables.generation:
+            return plan
+        keys = self._expand_rows(batch)
+        active = [index for index, key in enumerate(keys) if key is not None]
+        marked = [key for key in keys if key is not None]
+        device = tables.device
+        slots = [tables.slot(key) for key in marked]
+        words = np.array([key.words for key in marked], dtype=np.uint64).reshape(-1, 4)
+        plan = _Plan(
+            active=active,
+            index=torch.tensor(active, dtype=torch.int64, device=device),
+            index_array=np.array(active, dtype=np.int64),
+            slot=torch.tensor(slots, dtype=torch.int64, device=device),
+            slot_array=np.array(slots, dtype=np.int64),
+            words=torch.from_numpy(words.view(np.int64).copy()).to(device),
+            words_array=words,
+            generation=tables.generation,
         )
+        self._plans[cache_key] = plan
+        return plan
 
-    def _rows_torch(
-        self,
-        input_ids: torch.Tensor,
-        active: list[int],
-        marked: list[WatermarkKey],
-        tables: _KeyTables,
-    ) -> _Rows:
-        device = input_ids.device
-        slots = torch.tensor([tables.slot(key) for key in marked], dtype=torch.int64, device=device)
-        words = torch.tensor([key.words for key in marked], dtype=torch.int64, device=device)
-        k0, k3 = words[:, 0], words[:, 3]
-        index = torch.tensor(active, dtype=torch.int64, device=device)
-        ids = input_ids[index].to(torch.int64)
-        width = self.config.context_width
-        length = ids.shape[1]
+    def _rows_torch(self, context: torch.Tensor, plan: _Plan) -> _Rows:
+        ids = context.to(torch.int64)
+        k0 = plan.words[:, 0]
         no_rank = torch.full_like(k0, _TWO_POW_32)
         if not self._self_hash:
-            columns = [ids[:, length - width + j] for j in range(width)]
-            digest = hashing_torch.context_digest(columns)
-            seed = hashing_torch.keyed_seed(digest, k0)
-            return _Rows(index, slots, seed, k3, no_rank)
+            columns = [ids[:, j] for j in range(ids.shape[1])]
+            seed = hashing_torch.keyed_seed(hashing_torch.context_digest(columns), k0)
+            return _Rows(seed, no_rank)
         if self._lookback == 0:  # the window is the candidate alone
-            return _Rows(index, slots, torch.zeros_like(k0), k3, no_rank)
-        window = ids[:, length - self._lookback :]  # (A, h-1)
-        window_ranks = hashing_torch.anchor_rank(window)
+            return _Rows(torch.zeros_like(k0), no_rank)
+        window_ranks = hashing_torch.anchor_rank(ids)
         best = window_ranks.argmin(dim=1, keepdim=True)
-        anchor = window.gather(1, best).squeeze(1)
+        anchor = ids.gather(1, best).squeeze(1)
         context_rank = window_ranks.gather(1, best).squeeze(1)
         seed = hashing_torch.keyed_seed(hashing_torch.context_digest([anchor]), k0)
-        return _Rows(index, slots, seed, k3, context_rank)
+        return _Rows(seed, context_rank)
 
     # -- torch backend ----------------------------------------------------------------------
 
-    def _uniforms_torch(self, rows: _Rows, tables: _KeyTables) -> torch.Tensor:
+    def _uniforms_torch(
+        self, context: torch.Tensor, plan: _Plan, tables: _KeyTables
+    ) -> torch.Tensor:
         """Uniform values (A, V), bit-identical to `hashing.keyed_uniform`."""
-        token_values = tables.token_values[rows.slot]
+        rows = self._rows_torch(context, plan)
+        token_values = tables.token_values[plan.slot]
         seed = rows.seed.unsqueeze(1)
         if self._self_hash:
             candidate_wins = tables.vocab_ranks.unsqueeze(0) < rows.context_rank.unsqueeze(1)
-            seed = torch.where(candidate_wins, tables.anchor_seeds[rows.slot], seed)
-        return hashing_torch.combine(seed, token_values, rows.k3.unsqueeze(1))
+            seed = torch.where(candidate_wins, tables.anchor_seeds[plan.slot], seed)
+        return hashing_torch.combine(seed, token_values, plan.words[:, 3].unsqueeze(1))
 
-    def _green_torch(self, scores: torch.Tensor, rows: _Rows, tables: _KeyTables) -> torch.Tensor:
-        green = self._uniforms_torch(rows, tables) < self.config.green_threshold
-        bias = green.to(scores.dtype) * self.config.delta
+    def _green_torch(
+        self, scores: torch.Tensor, context: torch.Tensor, plan: _Plan, tables: _KeyTables
+    ) -> torch.Tensor:
+        green = self._uniforms_torch(context, plan, tables) < self.config.green_threshold
         out = scores.clone()
-        out[rows.index] += bias
+        out[plan.index] += green.to(scores.dtype) * self.config.delta
         return out
 
     def _gumbel_torch(
-        self, log_probs: torch.Tensor, rows: _Rows, tables: _KeyTables
+        self, log_probs: torch.Tensor, context: torch.Tensor, plan: _Plan, tables: _KeyTables
     ) -> torch.Tensor:
-        r = (self._uniforms_torch(rows, tables).to(torch.float64) + 0.5) / float(_TWO_POW_32)
+        uniforms = self._uniforms_torch(context, plan, tables)
+        r = (uniforms.to(torch.float64) + 0.5) / float(_TWO_POW_32)
         return torch.argmax(log_probs - torch.log(-torch.log(r)), dim=-1)
 
     # -- fused CPU kernel backend ---------------------------------------------------------
 
-    @staticmethod
-    def _kernel_arguments(rows: _Rows, tables: _KeyTables) -> tuple[np.ndarray, ...]:
-        return (
-            _as_uint64(rows.seed),
-            _as_uint64(rows.k3),
-            _as_uint64(rows.context_rank),
-            rows.slot.numpy(),
+    def _green_kernel(
+        self, scores: torch.Tensor, context: torch.Tensor, plan: _Plan, tables: _KeyTables
+    ) -> torch.Tensor:
+        source = scores.contiguous()
+        out = torch.empty_like(source)
+        if len(plan.active) != source.shape[0]:  # rows without a key keep their logits
+            out.copy_(source)
+        _kernels().green_list_step(
+            source.numpy(),
+            out.numpy(),
+            plan.index_array,
+            _int64_array(context),
+            plan.words_array,
+            plan.slot_array,
             _as_uint64(tables.token_values),
             _as_uint64(tables.anchor_seeds),
             _as_uint64(tables.vocab_ranks),
-        )
-
-    def _green_kernel(self, scores: torch.Tensor, rows: _Rows, tables: _KeyTables) -> torch.Tensor:
-        kernels = _kernels()
-
-        source = scores.contiguous()
-        out = torch.empty_like(source)
-        if rows.index.numel() != source.shape[0]:  # rows without a key keep their logits
-            out.copy_(source)
-        kernels.green_list_bias(
-            source.numpy(),
-            out.numpy(),
-            rows.index.numpy(),
-            *self._kernel_arguments(rows, tables),
             self._self_hash,
             np.uint64(self.config.green_threshold),
             float(self.config.delta),
@@ -331,12 +329,17 @@ class TenantWatermarkProcessor(LogitsProcessor):
         return out
 
     def _gumbel_kernel(
-        self, log_probs: torch.Tensor, rows: _Rows, tables: _KeyTables
+        self, log_probs: torch.Tensor, context: torch.Tensor, plan: _Plan, tables: _KeyTables
     ) -> torch.Tensor:
-        kernels = _kernels()
-
-        chosen = kernels.gumbel_choice(
-            log_probs.contiguous().numpy(), *self._kernel_arguments(rows, tables), self._self_hash
+        chosen = _kernels().gumbel_step(
+            log_probs.contiguous().numpy(),
+            _int64_array(context),
+            plan.words_array,
+            plan.slot_array,
+            _as_uint64(tables.token_values),
+            _as_uint64(tables.anchor_seeds),
+            _as_uint64(tables.vocab_ranks),
+            self._self_hash,
         )
         return torch.from_numpy(chosen)
 
