@@ -5,12 +5,15 @@ OpenAI-format error bodies. The hierarchy::
 
     DistillGuardError                 base of everything the project raises on purpose
     ├── ConfigError                   a setting, path or environment variable is wrong
+    │   └── ModelLoadError            a directory that is not a usable causal-LM model
     ├── SecretError                   the master secret is missing, malformed or exposed
     ├── KeyNotFoundError              an unknown tenant or key id
     ├── SchemeError                   an invalid watermark scheme configuration
     ├── FingerprintMismatchError      detection asked under a scheme that does not match
     │   └── VocabularyMismatchError   token ids or tokenizer disagree with the scheme
-    ├── InputError                    user input that cannot be scored (empty, not text)
+    ├── InputError                    user input that cannot be used (empty, not text, out of range)
+    │   └── ContextLengthError        prompt + max_tokens exceed the model's context
+    ├── EngineError                   generation failed or the engine is closed
     └── MissingDependencyError        an optional extra is not installed
 """
 
@@ -18,11 +21,14 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigError",
+    "ContextLengthError",
     "DistillGuardError",
+    "EngineError",
     "FingerprintMismatchError",
     "InputError",
     "KeyNotFoundError",
     "MissingDependencyError",
+    "ModelLoadError",
     "SchemeError",
     "SecretError",
     "VocabularyMismatchError",
@@ -35,6 +41,10 @@ class DistillGuardError(Exception):
 
 class ConfigError(DistillGuardError):
     """A setting, path or environment variable is wrong."""
+
+
+class ModelLoadError(ConfigError):
+    """A path that is not a loadable Hugging Face causal-LM directory."""
 
 
 class SecretError(DistillGuardError):
@@ -62,7 +72,15 @@ class VocabularyMismatchError(FingerprintMismatchError):
 
 
 class InputError(DistillGuardError):
-    """Input that cannot be scored: empty, too short, or not text."""
+    """Input that cannot be used: empty, too short, not text, or a parameter out of range."""
+
+
+class ContextLengthError(InputError):
+    """The prompt plus the requested completion do not fit the model's context."""
+
+
+class EngineError(DistillGuardError):
+    """Generation failed inside the engine, or the engine is closed."""
 
 
 class MissingDependencyError(DistillGuardError):

@@ -14,10 +14,12 @@ from distillguard.keys.commitment import (
     recorded_commitments,
 )
 from distillguard.keys.derive import TenantKey, derive_tenant_key, hkdf_sha256
+from distillguard.keys.keyring import Keyring
 from distillguard.keys.secret import MasterSecret, init_master_secret, load_master_secret
 
 __all__ = [
     "KeyCommitment",
+    "Keyring",
     "MasterSecret",
     "TenantKey",
     "commit",

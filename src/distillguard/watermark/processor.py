@@ -215,6 +215,13 @@ class TenantWatermarkProcessor(LogitsProcessor):
             return cast(torch.FloatTensor, out)
         raise SchemeError(f"unknown scheme {scheme}")
 
+    def reset_rows(self, row_keys: Sequence[WatermarkKey | None]) -> None:
+        """Reuse this processor (and its cached key tables) for a new batch of rows."""
+        if not row_keys:
+            raise InputError("row_keys must name a key (or None) for each row")
+        self.row_keys = list(row_keys)
+        self._plans.clear()
+
     # -- per-row state --------------------------------------------------------------------
 
     def _expand_rows(self, batch: int) -> list[WatermarkKey | None]:
