@@ -38,3 +38,44 @@ def word_tokenizer(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no
     directory = tmp_path_factory.mktemp("word_tokenizer")
     tokenizer.save(str(directory / "tokenizer.json"))
     return tokenizer, directory
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model trained by `distillguard model train --tiny` (seconds), shared by the session."""
+    pytest.importorskip("torch")
+    from distillguard.engine.train import TrainConfig, train_model
+
+    directory = tmp_path_factory.mktemp("tiny_model")
+    train_model(directory, TrainConfig.tiny(), progress=False)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def llama_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    """A randomly initialized Llama-architecture model with the tiny model's tokenizer."""
+    torch = pytest.importorskip("torch")
+    import shutil
+
+    import transformers
+
+    directory = tmp_path_factory.mktemp("llama")
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        if (tiny_model_dir / name).exists():
+            shutil.copy(tiny_model_dir / name, directory / name)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.eos_token_id,
+    )
+    transformers.LlamaForCausalLM(config).save_pretrained(directory)
+    return directory

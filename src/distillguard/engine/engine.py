@@ -364,8 +364,17 @@ class Engine:
         torch = self._torch
         scheme = self.scheme.scheme
         scores = logits
+        # A row whose own tokens (prompt + completion, pads excluded) are fewer than the seeding
+        # context stays unwatermarked at this step, exactly as it would alone in a batch: its
+        # left padding must not become watermark context.
+        lookback = self._processor.lookback
+        short = torch.tensor(
+            [row.job.prepared.prompt_tokens + len(row.token_ids) < lookback for row in rows]
+        )
+        short_rows = bool(short.any())
         if watermarked and scheme is Scheme.GREEN_LIST:
-            scores = self._processor(sequences, scores)
+            marked = self._processor(sequences, scores)
+            scores = torch.where(short.unsqueeze(1), scores, marked) if short_rows else marked
         temperatures = torch.tensor(
             [row.job.prepared.params.temperature or 1.0 for row in rows], dtype=scores.dtype
         )
@@ -374,7 +383,8 @@ class Engine:
         if any(top_p < 1.0 for top_p in top_ps):
             scores = _top_p_filter(torch, scores, torch.tensor(top_ps, dtype=scores.dtype))
         if watermarked and scheme is Scheme.GUMBEL:
-            scores = self._processor(sequences, scores)
+            marked = self._processor(sequences, scores)
+            scores = torch.where(short.unsqueeze(1), scores, marked) if short_rows else marked
         logprobs = torch.log_softmax(scores, dim=-1)
         greedy = torch.argmax(scores, dim=-1)
         draws = np.array([row.generator.random() for row in rows])

@@ -84,7 +84,7 @@ class TrainConfig:
             layers=1,
             width=32,
             heads=2,
-            context=32,
+            context=128,
             batch_size=8,
             steps=12,
             warmup_steps=2,

@@ -215,6 +215,11 @@ class TenantWatermarkProcessor(LogitsProcessor):
             return cast(torch.FloatTensor, out)
         raise SchemeError(f"unknown scheme {scheme}")
 
+    @property
+    def lookback(self) -> int:
+        """Tokens a row needs before it is watermarked (context_width, or one less for self-hash)."""
+        return self._lookback
+
     def reset_rows(self, row_keys: Sequence[WatermarkKey | None]) -> None:
         """Reuse this processor (and its cached key tables) for a new batch of rows."""
         if not row_keys:
