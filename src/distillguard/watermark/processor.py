@@ -217,7 +217,7 @@ class TenantWatermarkProcessor(LogitsProcessor):
 
     @property
     def lookback(self) -> int:
-        """Tokens a row needs before it is watermarked (context_width, or one less for self-hash)."""
+        """Tokens a row needs before it is watermarked (context_width; self-hash: one less)."""
         return self._lookback
 
     def reset_rows(self, row_keys: Sequence[WatermarkKey | None]) -> None:
