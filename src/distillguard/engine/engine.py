@@ -364,6 +364,13 @@ class Engine:
         torch = self._torch
         scheme = self.scheme.scheme
         scores = logits
+        no_eos = [
+            position for position, row in enumerate(rows) if row.job.prepared.params.ignore_eos
+        ]
+        if no_eos and self.loaded.eos_token_ids:
+            scores = scores.clone()
+            rows_index = torch.tensor(no_eos).unsqueeze(1)
+            scores[rows_index, torch.tensor(self.loaded.eos_token_ids).unsqueeze(0)] = float("-inf")
         # A row whose own tokens (prompt + completion, pads excluded) are fewer than the seeding
         # context stays unwatermarked at this step, exactly as it would alone in a batch: its
         # left padding must not become watermark context.

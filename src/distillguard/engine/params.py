@@ -30,7 +30,8 @@ class SamplingParams:
     """What a client may ask for, checked at construction (InputError names the parameter).
 
     `temperature` 0 means greedy decoding. `seed` makes sampling reproducible: choice i of a
-    request draws from its own generator seeded with (seed, i).
+    request draws from its own generator seeded with (seed, i). `ignore_eos` removes the
+    end-of-sequence token from the distribution, so the row runs to max_tokens.
     """
 
     max_tokens: int = 16
@@ -41,6 +42,7 @@ class SamplingParams:
     seed: int | None = None
     logprobs: bool = False
     top_logprobs: int = 0
+    ignore_eos: bool = False  # keep going past end-of-sequence (benchmarks, fixed-length samples)
 
     def __post_init__(self) -> None:
         if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int):
