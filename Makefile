@@ -15,10 +15,10 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# The main job. Until the gateway lands it creates the master secret and a demo tenant key.
+# The main job. Until the gateway lands: a watermarked completion from the embedded model,
+# with its detection (creates the master secret and the demo tenant's key on first use).
 run: $(STAMP)
-	$(BIN)/distillguard keys init
-	$(BIN)/distillguard keys tenant demo
+	$(BIN)/distillguard generate "The module provides" --max-tokens 120 --detect
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
