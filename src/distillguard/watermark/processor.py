@@ -24,6 +24,7 @@ and returns a one-hot row (0 for the chosen token, -inf elsewhere) that later wa
 from __future__ import annotations
 
 import importlib.util
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -50,6 +51,10 @@ _TWO_POW_32 = 1 << 32
 _CACHE_KEYS = 256
 _KERNEL_DTYPES = (torch.float32, torch.float64)
 _HAVE_NUMBA = importlib.util.find_spec("numba") is not None
+# The kernels run their rows in parallel. numba's fallback threading layer (workqueue) aborts on
+# concurrent launches from two threads, so calls are serialized; they would compete for the same
+# cores anyway.
+_KERNEL_LOCK = threading.Lock()
 
 
 def _as_uint64(tensor: torch.Tensor) -> np.ndarray:
@@ -324,35 +329,37 @@ class TenantWatermarkProcessor(LogitsProcessor):
         out = torch.empty_like(source)
         if len(plan.active) != source.shape[0]:  # rows without a key keep their logits
             out.copy_(source)
-        _kernels().green_list_step(
-            source.numpy(),
-            out.numpy(),
-            plan.index_array,
-            _int64_array(context),
-            plan.words_array,
-            plan.slot_array,
-            _as_uint64(tables.token_values),
-            _as_uint64(tables.anchor_seeds),
-            _as_uint64(tables.vocab_ranks),
-            self._self_hash,
-            np.uint64(self.config.green_threshold),
-            float(self.config.delta),
-        )
+        with _KERNEL_LOCK:
+            _kernels().green_list_step(
+                source.numpy(),
+                out.numpy(),
+                plan.index_array,
+                _int64_array(context),
+                plan.words_array,
+                plan.slot_array,
+                _as_uint64(tables.token_values),
+                _as_uint64(tables.anchor_seeds),
+                _as_uint64(tables.vocab_ranks),
+                self._self_hash,
+                np.uint64(self.config.green_threshold),
+                float(self.config.delta),
+            )
         return out
 
     def _gumbel_kernel(
         self, log_probs: torch.Tensor, context: torch.Tensor, plan: _Plan, tables: _KeyTables
     ) -> torch.Tensor:
-        chosen = _kernels().gumbel_step(
-            log_probs.contiguous().numpy(),
-            _int64_array(context),
-            plan.words_array,
-            plan.slot_array,
-            _as_uint64(tables.token_values),
-            _as_uint64(tables.anchor_seeds),
-            _as_uint64(tables.vocab_ranks),
-            self._self_hash,
-        )
+        with _KERNEL_LOCK:
+            chosen = _kernels().gumbel_step(
+                log_probs.contiguous().numpy(),
+                _int64_array(context),
+                plan.words_array,
+                plan.slot_array,
+                _as_uint64(tables.token_values),
+                _as_uint64(tables.anchor_seeds),
+                _as_uint64(tables.vocab_ranks),
+                self._self_hash,
+            )
         return torch.from_numpy(chosen)
 
     # -- Gumbel sampling distribution -------------------------------------------------------
