@@ -36,14 +36,15 @@ def numpy_green(
         ]
         digests = hashing.context_digest(columns)
     else:
-        window = (
-            context[len(context) - (config.context_width - 1) :] if config.context_width > 1 else []
-        )
-        anchors = []
-        for candidate in range(vocab):
-            tokens = np.array([*window, candidate], dtype=np.uint32)
-            anchors.append(int(tokens[np.argmin(hashing.anchor_rank(tokens))]))
-        digests = hashing.context_digest([np.array(anchors, dtype=np.uint32)])
+        lookback = config.context_width - 1
+        window = np.array(context[len(context) - lookback :] if lookback else [], dtype=np.uint32)
+        anchors = candidates.copy()
+        if window.size:  # the lowest public rank among the window and the candidate wins
+            ranks = hashing.anchor_rank(window)
+            window_anchor, window_rank = window[np.argmin(ranks)], ranks.min()
+            candidate_wins = hashing.anchor_rank(candidates) < window_rank
+            anchors = np.where(candidate_wins, candidates, window_anchor).astype(np.uint32)
+        digests = hashing.context_digest([anchors])
     uniforms = hashing.keyed_uniform(words, digests, candidates)
     return uniforms < np.uint32(config.green_threshold)
 
@@ -61,22 +62,23 @@ BACKENDS = ["kernel", "torch"]
         (Seeding.SELF_HASH, 1),
     ],
 )
+@pytest.mark.parametrize("vocab", [VOCAB, 65_536])  # the larger one runs the parallel kernel
 def test_processor_green_lists_match_the_detector_per_row(
-    seeding: Seeding, width: int, backend: str
+    seeding: Seeding, width: int, backend: str, vocab: int
 ) -> None:
-    config = SchemeConfig(seeding=seeding, context_width=width).bind(VOCAB)
+    config = SchemeConfig(seeding=seeding, context_width=width).bind(vocab)
     keys = tenant_keys(3)
     rows = [keys[0], None, keys[1], keys[2], keys[0]]  # tenants mixed in one batch, one unkeyed
     processor = TenantWatermarkProcessor(config, rows, backend=backend)  # type: ignore[arg-type]
     rng = np.random.default_rng(3)
-    input_ids = torch.from_numpy(rng.integers(0, VOCAB, size=(5, 7)))
-    scores = torch.zeros(5, VOCAB)
+    input_ids = torch.from_numpy(rng.integers(0, vocab, size=(5, 7)))
+    scores = torch.zeros(5, vocab)
     out = processor(input_ids, scores)
     for row, key in enumerate(rows):
         if key is None:
             assert torch.equal(out[row], scores[row])
             continue
-        expected = numpy_green(config, key, input_ids[row].tolist(), VOCAB)
+        expected = numpy_green(config, key, input_ids[row].tolist(), vocab)
         assert np.array_equal(out[row].numpy() == config.delta, expected)
 
 

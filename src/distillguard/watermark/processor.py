@@ -94,6 +94,14 @@ class _KeyTables:
         self.vocabulary = vocabulary
         self.vocab_ranks = hashing_torch.anchor_rank(vocabulary)
         self._vocab_digests = hashing_torch.context_digest([vocabulary])
+        self._refresh_arrays()
+
+    def _refresh_arrays(self) -> None:
+        """numpy views of the tables for the CPU kernels (none on other devices)."""
+        on_cpu = self.device.type == "cpu"
+        self.token_values_array = _as_uint64(self.token_values) if on_cpu else None
+        self.anchor_seeds_array = _as_uint64(self.anchor_seeds) if on_cpu else None
+        self.vocab_ranks_array = _as_uint64(self.vocab_ranks) if on_cpu else None
 
     def slot(self, key: WatermarkKey) -> int:
         found = self.slots.get(key.secret)
@@ -121,6 +129,7 @@ class _KeyTables:
             new = torch.empty(self.capacity, self.vocab, dtype=torch.int64, device=self.device)
             new[: old.shape[0]] = old
             setattr(self, name, new)
+        self._refresh_arrays()
 
 
 @dataclass(frozen=True)
@@ -329,17 +338,20 @@ class TenantWatermarkProcessor(LogitsProcessor):
         out = torch.empty_like(source)
         if len(plan.active) != source.shape[0]:  # rows without a key keep their logits
             out.copy_(source)
+        kernels = _kernels()
+        parallel = len(plan.active) * source.shape[1] >= kernels.PARALLEL_MIN_CELLS
+        step = kernels.green_list_step if parallel else kernels.green_list_step_serial
         with _KERNEL_LOCK:
-            _kernels().green_list_step(
+            step(
                 source.numpy(),
                 out.numpy(),
                 plan.index_array,
                 _int64_array(context),
                 plan.words_array,
                 plan.slot_array,
-                _as_uint64(tables.token_values),
-                _as_uint64(tables.anchor_seeds),
-                _as_uint64(tables.vocab_ranks),
+                tables.token_values_array,
+                tables.anchor_seeds_array,
+                tables.vocab_ranks_array,
                 self._self_hash,
                 np.uint64(self.config.green_threshold),
                 float(self.config.delta),
@@ -349,15 +361,18 @@ class TenantWatermarkProcessor(LogitsProcessor):
     def _gumbel_kernel(
         self, log_probs: torch.Tensor, context: torch.Tensor, plan: _Plan, tables: _KeyTables
     ) -> torch.Tensor:
+        kernels = _kernels()
+        parallel = log_probs.shape[0] * log_probs.shape[1] >= kernels.PARALLEL_MIN_CELLS
+        step = kernels.gumbel_step if parallel else kernels.gumbel_step_serial
         with _KERNEL_LOCK:
-            chosen = _kernels().gumbel_step(
+            chosen = step(
                 log_probs.contiguous().numpy(),
                 _int64_array(context),
                 plan.words_array,
                 plan.slot_array,
-                _as_uint64(tables.token_values),
-                _as_uint64(tables.anchor_seeds),
-                _as_uint64(tables.vocab_ranks),
+                tables.token_values_array,
+                tables.anchor_seeds_array,
+                tables.vocab_ranks_array,
                 self._self_hash,
             )
         return torch.from_numpy(chosen)
