@@ -37,7 +37,7 @@ class _State:
     home: Path
 
 
-def scheme_options(function: F) -> F:
+def scheme_parameter_options(function: F) -> F:
     """Options that describe a watermark scheme; the defaults are SchemeConfig's."""
     options = [
         click.option(
@@ -75,17 +75,32 @@ def scheme_options(function: F) -> F:
             show_default=True,
             help="left_hash: previous tokens; self_hash: anchored min-hash with the candidate.",
         ),
-        click.option(
-            "--tokenizer",
-            "tokenizer_path",
-            type=click.Path(path_type=Path),
-            default=None,
-            help="Model directory or tokenizer.json the scheme is bound to.",
-        ),
     ]
     for option in reversed(options):
         function = option(function)
     return function
+
+
+def scheme_options(function: F) -> F:
+    """The scheme's parameters and the tokenizer it is bound to."""
+    function = click.option(
+        "--tokenizer",
+        "tokenizer_path",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="Model directory or tokenizer.json the scheme is bound to.",
+    )(function)
+    return scheme_parameter_options(function)
+
+
+def model_option(function: F) -> F:
+    return click.option(
+        "--model",
+        "model_dir",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="Model directory (default: the embedded model).",
+    )(function)
 
 
 def _scheme(
@@ -344,13 +359,7 @@ def model_train(
 
 
 @model.command("info")
-@click.option(
-    "--model",
-    "model_dir",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Model directory (default: the embedded model).",
-)
+@model_option
 @click.option("--json", "as_json", is_flag=True, help="Print the card as JSON.")
 def model_info(model_dir: Path | None, as_json: bool) -> None:
     """Print a model's card: parameters, corpus hash, validation perplexity, how to reproduce it."""
@@ -383,13 +392,7 @@ def model_info(model_dir: Path | None, as_json: bool) -> None:
 
 @main.command()
 @click.argument("prompt")
-@click.option(
-    "--model",
-    "model_dir",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Model directory (default: the embedded model).",
-)
+@model_option
 @click.option(
     "--tenant",
     default=None,
@@ -401,21 +404,7 @@ def model_info(model_dir: Path | None, as_json: bool) -> None:
 @click.option("--top-p", type=float, default=1.0, show_default=True)
 @click.option("--seed", type=int, default=None, help="Seed for reproducible sampling.")
 @click.option("--stop", multiple=True, help="Stop string (repeatable, up to 4).")
-@click.option(
-    "--scheme",
-    type=click.Choice([item.value for item in Scheme]),
-    default=_DEFAULT.scheme.value,
-    show_default=True,
-)
-@click.option("--gamma", type=float, default=_DEFAULT.gamma, show_default=True)
-@click.option("--delta", type=float, default=_DEFAULT.delta, show_default=True)
-@click.option("--context-width", type=int, default=_DEFAULT.context_width, show_default=True)
-@click.option(
-    "--seeding",
-    type=click.Choice([item.value for item in Seeding]),
-    default=_DEFAULT.seeding.value,
-    show_default=True,
-)
+@scheme_parameter_options
 @click.option(
     "--detect",
     "run_detection",

@@ -98,10 +98,15 @@ class _KeyTables:
 
     def _refresh_arrays(self) -> None:
         """numpy views of the tables for the CPU kernels (none on other devices)."""
-        on_cpu = self.device.type == "cpu"
-        self.token_values_array = _as_uint64(self.token_values) if on_cpu else None
-        self.anchor_seeds_array = _as_uint64(self.anchor_seeds) if on_cpu else None
-        self.vocab_ranks_array = _as_uint64(self.vocab_ranks) if on_cpu else None
+        if self.device.type == "cpu":
+            self._arrays: tuple[np.ndarray, ...] = tuple(
+                _as_uint64(table)
+                for table in (self.token_values, self.anchor_seeds, self.vocab_ranks)
+            )
+
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        """(token_values, anchor_seeds, vocab_ranks) as uint64 views, for the CPU kernels."""
+        return self._arrays
 
     def slot(self, key: WatermarkKey) -> int:
         found = self.slots.get(key.secret)
@@ -349,9 +354,7 @@ class TenantWatermarkProcessor(LogitsProcessor):
                 _int64_array(context),
                 plan.words_array,
                 plan.slot_array,
-                tables.token_values_array,
-                tables.anchor_seeds_array,
-                tables.vocab_ranks_array,
+                *tables.arrays(),
                 self._self_hash,
                 np.uint64(self.config.green_threshold),
                 float(self.config.delta),
@@ -370,9 +373,7 @@ class TenantWatermarkProcessor(LogitsProcessor):
                 _int64_array(context),
                 plan.words_array,
                 plan.slot_array,
-                tables.token_values_array,
-                tables.anchor_seeds_array,
-                tables.vocab_ranks_array,
+                *tables.arrays(),
                 self._self_hash,
             )
         return torch.from_numpy(chosen)
