@@ -19,6 +19,7 @@ import click
 from distillguard import __version__
 from distillguard.config import data_dir
 from distillguard.errors import (
+    AuditChainError,
     DistillGuardError,
     FingerprintMismatchError,
     InputError,
@@ -222,6 +223,144 @@ def keys_tenant(
         return
     for name, value in fields.items():
         click.echo(f"{name:<12} {value}")
+
+
+@keys.command("create")
+@click.option("--tenant", required=True, help="Tenant the key belongs to.")
+@click.option("--rpm", type=int, required=True, help="Requests per minute.")
+@click.option("--tpm", type=int, required=True, help="Tokens per minute (prompt + max_tokens x n).")
+@click.option("--daily-tokens", type=int, default=None, help="Tokens per 24 hours.")
+@click.option("--concurrency", type=int, default=8, show_default=True, help="Requests in flight.")
+@click.option(
+    "--tier", default="normal", show_default=True, help="Policy tier (normal, watch, throttle)."
+)
+@click.pass_obj
+def keys_create(
+    state: _State,
+    tenant: str,
+    rpm: int,
+    tpm: int,
+    daily_tokens: int | None,
+    concurrency: int,
+    tier: str,
+) -> None:
+    """Create an API key for a tenant and print it once (only its salted hash is stored)."""
+    from distillguard.gateway.apikeys import create_api_key
+    from distillguard.store import connect
+
+    with closing(connect(state.home)) as connection:
+        secret, record = create_api_key(
+            connection,
+            tenant,
+            rpm=rpm,
+            tpm=tpm,
+            daily_tokens=daily_tokens,
+            concurrency=concurrency,
+            tier=tier,
+        )
+    click.echo(f"key id  {record.key_id}\ntenant  {record.tenant}\napi key {secret}")
+    click.echo("(the API key is shown once; store it now)", err=True)
+
+
+@keys.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def keys_list(state: _State, as_json: bool) -> None:
+    """List API keys (ids, tenants, limits; never the keys)."""
+    from dataclasses import asdict
+
+    from distillguard.gateway.apikeys import list_api_keys
+    from distillguard.store import connect
+
+    with closing(connect(state.home)) as connection:
+        records = list_api_keys(connection)
+    if as_json:
+        click.echo(json.dumps([asdict(record) for record in records], indent=2))
+        return
+    click.echo(f"{'key id':<14} {'tenant':<16} {'rpm':>6} {'tpm':>9} {'tier':<9} status")
+    for record in records:
+        status = f"revoked {record.revoked_at}" if record.revoked_at else "active"
+        click.echo(
+            f"{record.key_id:<14} {record.tenant:<16} {record.rpm:>6} {record.tpm:>9} "
+            f"{record.tier:<9} {status}"
+        )
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@click.pass_obj
+def keys_revoke(state: _State, key_id: str) -> None:
+    """Revoke an API key by its id; a running gateway refuses it within 5 seconds."""
+    from distillguard.gateway.apikeys import revoke_api_key
+    from distillguard.store import connect
+
+    with closing(connect(state.home)) as connection:
+        record = revoke_api_key(connection, key_id)
+    click.echo(f"revoked {record.key_id} ({record.tenant}) at {record.revoked_at}")
+
+
+@main.group()
+def audit() -> None:
+    """Check the tamper-evident audit log."""
+
+
+@audit.command("verify")
+@click.pass_obj
+def audit_verify(state: _State) -> None:
+    """Recompute the audit chain from the usage rows; name the first bad record."""
+    from distillguard.gateway.audit import verify_chain
+    from distillguard.store import connect
+
+    with closing(connect(state.home)) as connection:
+        result = verify_chain(connection)
+    if result.ok:
+        click.echo(f"audit chain intact: {result.records} records")
+        return
+    raise AuditChainError(
+        f"audit chain broken at record {result.first_bad_seq} (request {result.request_id}): "
+        f"{result.reason}"
+    )
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8000, show_default=True)
+@model_option
+@click.option("--max-body-bytes", type=int, default=1 << 20, show_default=True)
+@click.option(
+    "--no-store-text", is_flag=True, help="Do not keep prompt and output text in the usage log."
+)
+@click.pass_obj
+def serve(
+    state: _State,
+    host: str,
+    port: int,
+    model_dir: Path | None,
+    max_body_bytes: int,
+    no_store_text: bool,
+) -> None:
+    """Run the OpenAI-compatible gateway (the embedded model unless --model).
+
+    State lives in the data directory (SQLite). On first start it creates the master secret
+    and a demo API key, printed once.
+    """
+    from distillguard.errors import require
+
+    require("uvicorn", "gateway")
+    import uvicorn
+
+    from distillguard.gateway.server import build_server
+
+    server = build_server(
+        state.home, model_dir, max_body_bytes=max_body_bytes, store_text=not no_store_text
+    )
+    if server.demo_key is not None:
+        click.echo(f"demo API key (tenant demo, shown once): {server.demo_key}")
+    click.echo(f"serving {server.engine.model_name} on http://{host}:{port}/v1", err=True)
+    try:
+        uvicorn.run(server.gateway.app, host=host, port=port, log_level="warning")
+    finally:
+        server.close()
 
 
 @main.command()

@@ -14,12 +14,14 @@ OpenAI-format error bodies. The hierarchy::
     ├── InputError                    user input that cannot be used (empty, not text, out of range)
     │   └── ContextLengthError        prompt + max_tokens exceed the model's context
     ├── EngineError                   generation failed or the engine is closed
+    ├── AuditChainError               the audit log's hash chain does not verify
     └── MissingDependencyError        an optional extra is not installed
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "AuditChainError",
     "ConfigError",
     "ContextLengthError",
     "DistillGuardError",
@@ -81,6 +83,10 @@ class ContextLengthError(InputError):
 
 class EngineError(DistillGuardError):
     """Generation failed inside the engine, or the engine is closed."""
+
+
+class AuditChainError(DistillGuardError):
+    """The audit log's hash chain does not verify."""
 
 
 class MissingDependencyError(DistillGuardError):

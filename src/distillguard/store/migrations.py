@@ -21,4 +21,54 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX key_commitments_key_id ON key_commitments (key_id);
         """,
     ),
+    (
+        "002_api_keys",
+        """
+        CREATE TABLE api_keys (
+            key_id TEXT PRIMARY KEY,
+            tenant TEXT NOT NULL,
+            salt BLOB NOT NULL,
+            secret_hash BLOB NOT NULL,
+            rpm INTEGER NOT NULL,
+            tpm INTEGER NOT NULL,
+            daily_tokens INTEGER,
+            concurrency INTEGER NOT NULL,
+            tier TEXT NOT NULL DEFAULT 'normal',
+            created_at TEXT NOT NULL,
+            revoked_at TEXT
+        );
+        CREATE INDEX api_keys_tenant ON api_keys (tenant);
+        """,
+    ),
+    (
+        "003_usage_and_audit",
+        """
+        CREATE TABLE usage (
+            request_id TEXT PRIMARY KEY,
+            created_at TEXT NOT NULL,
+            tenant TEXT NOT NULL,
+            key_id TEXT NOT NULL,
+            model TEXT NOT NULL,
+            endpoint TEXT NOT NULL,
+            status INTEGER NOT NULL,
+            outcome TEXT NOT NULL,
+            prompt_tokens INTEGER NOT NULL,
+            completion_tokens INTEGER NOT NULL,
+            latency_ms REAL NOT NULL,
+            watermark_key_id TEXT,
+            fingerprint TEXT,
+            parameters TEXT NOT NULL,
+            prompt_text BLOB,
+            output_text BLOB
+        );
+        CREATE INDEX usage_tenant_time ON usage (tenant, created_at);
+        CREATE TABLE audit (
+            seq INTEGER PRIMARY KEY,
+            request_id TEXT NOT NULL,
+            record TEXT NOT NULL,
+            prev_hash TEXT NOT NULL,
+            record_hash TEXT NOT NULL
+        );
+        """,
+    ),
 ]

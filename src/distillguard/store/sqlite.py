@@ -12,10 +12,16 @@ __all__ = ["DATABASE_NAME", "connect", "migrate"]
 DATABASE_NAME = "distillguard.db"
 
 
-def connect(directory: Path) -> sqlite3.Connection:
-    """Open (creating if needed) the database in `directory` and apply pending migrations."""
+def connect(directory: Path, *, shared: bool = False) -> sqlite3.Connection:
+    """Open (creating if needed) the database in `directory` and apply pending migrations.
+
+    `shared` allows the connection to be used from a thread other than the one that opened it
+    (the caller then makes sure only one thread uses it at a time).
+    """
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    connection = sqlite3.connect(directory / DATABASE_NAME)
+    connection = sqlite3.connect(
+        directory / DATABASE_NAME, check_same_thread=not shared, timeout=10.0
+    )
     connection.row_factory = sqlite3.Row
     connection.execute("PRAGMA journal_mode=WAL")
     migrate(connection)

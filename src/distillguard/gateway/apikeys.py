@@ -1,0 +1,161 @@
+"""API keys: created once, shown once, stored as salted hashes, checked in constant time.
+
+A key reads ``dg-<key id>-<secret>``. The key id (12 hex characters) is public and indexes the
+row; the secret (256 random bits, base64url) is stored only as SHA-256(salt || secret) with a
+per-key random salt. Authentication recomputes the hash and compares with
+`hmac.compare_digest`; an unknown key id is hashed against a dummy salt all the same, so the
+time taken does not tell which part was wrong.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+import sqlite3
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from distillguard.errors import ConfigError, KeyNotFoundError
+
+__all__ = [
+    "ApiKey",
+    "AuthenticationError",
+    "KeyStore",
+    "create_api_key",
+    "list_api_keys",
+    "revoke_api_key",
+]
+
+_PREFIX = "dg"
+_DUMMY_SALT = b"\0" * 16
+_CACHE_SECONDS = 5.0  # a revocation made elsewhere takes effect within this
+
+
+class AuthenticationError(Exception):
+    """A missing, malformed, unknown or revoked API key (the HTTP layer answers 401)."""
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    key_id: str
+    tenant: str
+    rpm: int
+    tpm: int
+    daily_tokens: int | None
+    concurrency: int
+    tier: str
+    created_at: str
+    revoked_at: str | None
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _hash(salt: bytes, secret: str) -> bytes:
+    return hashlib.sha256(salt + secret.encode()).digest()
+
+
+def create_api_key(
+    connection: sqlite3.Connection,
+    tenant: str,
+    *,
+    rpm: int,
+    tpm: int,
+    daily_tokens: int | None = None,
+    concurrency: int = 8,
+    tier: str = "normal",
+) -> tuple[str, ApiKey]:
+    """Create a key for `tenant`; returns (the key to hand out once, its stored record)."""
+    if not tenant:
+        raise ConfigError("a key needs a tenant")
+    if rpm < 1 or tpm < 1 or concurrency < 1 or (daily_tokens is not None and daily_tokens < 1):
+        raise ConfigError("rpm, tpm, concurrency and daily tokens must be positive")
+    key_id = secrets.token_hex(6)
+    secret = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
+    salt = secrets.token_bytes(16)
+    record = ApiKey(key_id, tenant, rpm, tpm, daily_tokens, concurrency, tier, _now(), None)
+    with connection:
+        connection.execute(
+            "INSERT INTO api_keys (key_id, tenant, salt, secret_hash, rpm, tpm, daily_tokens, "
+            "concurrency, tier, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                key_id,
+                tenant,
+                salt,
+                _hash(salt, secret),
+                rpm,
+                tpm,
+                daily_tokens,
+                concurrency,
+                tier,
+                record.created_at,
+            ),
+        )
+    return f"{_PREFIX}-{key_id}-{secret}", record
+
+
+def list_api_keys(connection: sqlite3.Connection) -> list[ApiKey]:
+    rows = connection.execute(
+        "SELECT key_id, tenant, rpm, tpm, daily_tokens, concurrency, tier, created_at, revoked_at "
+        "FROM api_keys ORDER BY created_at"
+    )
+    return [ApiKey(*row) for row in rows]
+
+
+def revoke_api_key(connection: sqlite3.Connection, key_id: str) -> ApiKey:
+    with connection:
+        cursor = connection.execute(
+            "UPDATE api_keys SET revoked_at = ? WHERE key_id = ? AND revoked_at IS NULL",
+            (_now(), key_id),
+        )
+    if cursor.rowcount == 0:
+        raise KeyNotFoundError(f"no active API key {key_id!r}")
+    return next(key for key in list_api_keys(connection) if key.key_id == key_id)
+
+
+class KeyStore:
+    """Authenticates presented keys against the stored hashes (rows cached after first use)."""
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self._connection = connection
+        self._cache: dict[str, tuple[float, tuple[bytes, bytes, ApiKey]]] = {}
+
+    def authenticate(self, presented: str | None) -> ApiKey:
+        if not presented:
+            raise AuthenticationError("missing API key: send 'Authorization: Bearer <key>'")
+        parts = presented.split("-", 2)
+        if len(parts) != 3 or parts[0] != _PREFIX:
+            _hash(_DUMMY_SALT, presented)
+            raise AuthenticationError("invalid API key")
+        _, key_id, secret = parts
+        entry = self._lookup(key_id)
+        if entry is None:
+            hmac.compare_digest(_hash(_DUMMY_SALT, secret), _DUMMY_SALT * 2)
+            raise AuthenticationError("invalid API key")
+        salt, stored, key = entry
+        if not hmac.compare_digest(_hash(salt, secret), stored) or key.revoked_at is not None:
+            raise AuthenticationError("invalid API key")
+        return key
+
+    def forget(self, key_id: str) -> None:
+        """Drop a cached row (after a revocation made by another process)."""
+        self._cache.pop(key_id, None)
+
+    def _lookup(self, key_id: str) -> tuple[bytes, bytes, ApiKey] | None:
+        cached = self._cache.get(key_id)
+        if cached is not None and time.monotonic() - cached[0] < _CACHE_SECONDS:
+            return cached[1]
+        row = self._connection.execute(
+            "SELECT salt, secret_hash, key_id, tenant, rpm, tpm, daily_tokens, concurrency, tier, "
+            "created_at, revoked_at FROM api_keys WHERE key_id = ?",
+            (key_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        entry = (bytes(row[0]), bytes(row[1]), ApiKey(*tuple(row)[2:]))
+        self._cache[key_id] = (time.monotonic(), entry)
+        return entry

@@ -1,0 +1,481 @@
+"""The OpenAI-compatible HTTP gateway (Starlette): keys, limits, watermarking engine, metering.
+
+Per request: authenticate the key -> read and validate the body -> check the model and the
+key's tier caps -> tokenize and check the context (engine.prepare) -> admit under the rate
+limits (tokens reserved as prompt + max_tokens x n) -> generate with the tenant's watermark ->
+return or stream -> settle the tokens -> queue the usage row and its audit record. Every
+response carries `x-request-id` and the six `x-ratelimit-*` headers once the key is known;
+errors use OpenAI's body `{"error": {"message", "type", "param", "code"}}`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from distillguard.engine.engine import Engine, PreparedRequest
+from distillguard.engine.params import GenerationRequest
+from distillguard.errors import ContextLengthError, DistillGuardError, InputError
+from distillguard.gateway.apikeys import ApiKey, AuthenticationError, KeyStore
+from distillguard.gateway.audit import AuditLog, UsageRecord
+from distillguard.gateway.protocol import (
+    ApiError,
+    ParsedRequest,
+    chat_chunk,
+    chat_response,
+    completion_chunk,
+    completion_response,
+    error_body,
+    parse_body,
+)
+from distillguard.gateway.ratelimit import (
+    Admission,
+    Limits,
+    MemoryRateLimiter,
+    RateLimiter,
+    Refusal,
+    Scope,
+    Snapshot,
+    format_duration,
+)
+from distillguard.watermark.key import WatermarkKey
+
+__all__ = ["Gateway", "Tier"]
+
+log = logging.getLogger("distillguard.gateway")
+
+DAY = 86_400.0
+
+
+@dataclass(frozen=True)
+class Tier:
+    """What a key's tier allows; the monitor moves keys between tiers."""
+
+    max_n: int = 8
+    max_top_logprobs: int = 20
+    max_tokens: int | None = None
+
+
+DEFAULT_TIERS = {
+    "normal": Tier(),
+    "watch": Tier(max_n=4, max_top_logprobs=5),
+    "throttle": Tier(max_n=1, max_top_logprobs=0, max_tokens=256),
+}
+
+
+@dataclass
+class _Call:
+    """What one request has accumulated, for its usage row."""
+
+    request_id: str
+    started: float
+    endpoint: str
+    key: ApiKey | None = None
+    parsed: ParsedRequest | None = None
+    prepared: PreparedRequest | None = None
+    admission: Admission | None = None
+    snapshot: Snapshot | None = None
+    texts: list[list[str]] = field(default_factory=list)
+    completion_tokens: int = 0
+
+
+class Gateway:
+    """Builds the ASGI app around an engine, a key store, a rate limiter and an audit log."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        keys: KeyStore,
+        audit: AuditLog,
+        watermark_key_for: Callable[[str], WatermarkKey | None],
+        *,
+        limiter: RateLimiter | None = None,
+        tenant_limits: Limits | None = None,
+        tiers: dict[str, Tier] | None = None,
+        max_body_bytes: int = 1 << 20,
+        store_text: bool = True,
+    ) -> None:
+        self.engine = engine
+        self.keys = keys
+        self.audit = audit
+        self.watermark_key_for = watermark_key_for
+        self.limiter = limiter or MemoryRateLimiter()
+        self.tenant_limits = tenant_limits
+        self.tiers = tiers or DEFAULT_TIERS
+        self.max_body_bytes = max_body_bytes
+        self.store_text = store_text
+        self.app = Starlette(
+            routes=[
+                Route("/v1/models", self.models, methods=["GET"]),
+                Route("/v1/completions", self.completions, methods=["POST"]),
+                Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
+                Route("/healthz", self.healthz, methods=["GET"]),
+            ],
+            exception_handlers={HTTPException: self._http_error},
+        )
+
+    # -- routes ------------------------------------------------------------------------------
+
+    async def healthz(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok", "model": self.engine.model_name})
+
+    async def models(self, request: Request) -> Response:
+        call = _Call(_request_id(), time.perf_counter(), "models")
+        try:
+            call.key = self._authenticate(request)
+        except ApiError as error:
+            return self._error(call, error)
+        body = {
+            "object": "list",
+            "data": [
+                {
+                    "id": self.engine.model_name,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "distillguard",
+                }
+            ],
+        }
+        return JSONResponse(body, headers={"x-request-id": call.request_id})
+
+    async def completions(self, request: Request) -> Response:
+        return await self._generate(request, chat=False)
+
+    async def chat_completions(self, request: Request) -> Response:
+        return await self._generate(request, chat=True)
+
+    # -- the request path -----------------------------------------------------------------------
+
+    async def _generate(self, request: Request, *, chat: bool) -> Response:
+        call = _Call(
+            _request_id(), time.perf_counter(), "chat.completions" if chat else "completions"
+        )
+        try:
+            call.key = self._authenticate(request)
+            body = await self._read_json(request)
+            call.parsed = parse_body(body, chat=chat, render_chat=self._render_chat)
+            if call.parsed.model != self.engine.model_name:
+                raise ApiError(
+                    404,
+                    f"The model '{call.parsed.model}' does not exist",
+                    param="model",
+                    code="model_not_found",
+                )
+            call.prepared = self._prepare(call.key, call.parsed)
+            decision = self._admit(call.key, call.prepared)
+            if isinstance(decision, Refusal):
+                call.snapshot = decision.snapshot
+                return self._refuse(call, decision)
+            call.admission, call.snapshot = decision, decision.snapshot
+        except ApiError as error:
+            self._record(call, error.status, "rejected")
+            return self._error(call, error)
+        except Exception:
+            log.exception("request %s failed before generation", call.request_id)
+            return self._error(call, ApiError(500, "internal error", kind="server_error"))
+        if call.parsed.stream:
+            stream = self._stream(call, call.parsed, call.prepared)
+            return StreamingResponse(
+                stream, media_type="text/event-stream", headers=self._headers(call)
+            )
+        try:
+            completion = await self.engine.generate(call.prepared)
+        except Exception:
+            log.exception("generation failed for %s", call.request_id)
+            self._finish(call, 500, "error")
+            return self._error(call, ApiError(500, "generation failed", kind="server_error"))
+        call.texts = [[choice.text] for choice in completion.choices]
+        call.completion_tokens = completion.completion_tokens
+        self._finish(call, 200, "ok")
+        shape = chat_response if chat else completion_response
+        return JSONResponse(
+            shape(call.request_id, self.engine.model_name, completion), headers=self._headers(call)
+        )
+
+    async def _stream(
+        self, call: _Call, parsed: ParsedRequest, prepared: PreparedRequest
+    ) -> AsyncIterator[str]:
+        created = int(time.time())
+        model = self.engine.model_name
+        chat = parsed.chat
+        call.texts = [[] for _ in range(prepared.params.n)]
+        outcome, status = "client_disconnected", 499
+        try:
+            if chat:
+                for index in range(prepared.params.n):
+                    yield chat_chunk(call.request_id, model, created, None, role=index)
+            async for event in self.engine.stream(prepared):
+                call.texts[event.choice].append(event.text)
+                call.completion_tokens += 1
+                shape = chat_chunk if chat else completion_chunk
+                yield shape(call.request_id, model, created, event)
+            if parsed.include_usage:
+                usage = (prepared.prompt_tokens, call.completion_tokens)
+                shape = chat_chunk if chat else completion_chunk
+                yield shape(call.request_id, model, created, None, usage=usage)
+            yield "data: [DONE]\n\n"
+            outcome, status = "ok", 200
+        except Exception:
+            log.exception("stream %s failed", call.request_id)
+            outcome, status = "error", 500
+            yield (
+                "data: "
+                + json.dumps(error_body(ApiError(500, "generation failed", kind="server_error")))
+                + "\n\n"
+            )
+        finally:
+            self._finish(call, status, outcome)
+
+    # -- steps --------------------------------------------------------------------------------
+
+    def _authenticate(self, request: Request) -> ApiKey:
+        header = request.headers.get("authorization", "")
+        presented = header[7:].strip() if header.lower().startswith("bearer ") else None
+        try:
+            return self.keys.authenticate(presented)
+        except AuthenticationError as exc:
+            raise ApiError(
+                401, f"Incorrect API key provided: {exc}", code="invalid_api_key"
+            ) from None
+
+    async def _read_json(self, request: Request) -> dict[str, Any]:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            raise ApiError(
+                413, f"request body exceeds {self.max_body_bytes} bytes", code="request_too_large"
+            )
+        chunks, size = [], 0
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > self.max_body_bytes:
+                    raise ApiError(
+                        413,
+                        f"request body exceeds {self.max_body_bytes} bytes",
+                        code="request_too_large",
+                    )
+                chunks.append(chunk)
+        except ClientDisconnect:
+            raise ApiError(400, "the client disconnected while sending the body") from None
+        raw = b"".join(chunks)
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ApiError(400, "the request body is not valid UTF-8") from None
+        try:
+            body = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ApiError(
+                400, f"We could not parse the JSON body of your request: {exc.msg}"
+            ) from None
+        if not isinstance(body, dict):
+            raise ApiError(400, "the request body must be a JSON object")
+        return body
+
+    def _render_chat(self, messages: list[dict[str, str]]) -> str:
+        tokenizer = self.engine.loaded.tokenizer
+        try:
+            rendered = tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=False
+            )
+        except Exception as exc:  # templates raise plain exceptions on messages they refuse
+            raise ApiError(
+                400, f"the chat template refused these messages: {exc}", param="messages"
+            ) from None
+        return str(rendered)
+
+    def _prepare(self, key: ApiKey, parsed: ParsedRequest) -> PreparedRequest:
+        tier = self.tiers.get(key.tier, Tier())
+        if parsed.n > tier.max_n:
+            raise ApiError(400, f"n is limited to {tier.max_n} for this key", param="n")
+        if parsed.top_logprobs > tier.max_top_logprobs:
+            raise ApiError(
+                400,
+                f"top_logprobs is limited to {tier.max_top_logprobs} for this key",
+                param="top_logprobs",
+            )
+        if (
+            parsed.max_tokens is not None
+            and tier.max_tokens is not None
+            and parsed.max_tokens > tier.max_tokens
+        ):
+            raise ApiError(
+                400, f"max_tokens is limited to {tier.max_tokens} for this key", param="max_tokens"
+            )
+        key_for_tenant = self.watermark_key_for(key.tenant)
+        try:
+            probe = self.engine.prepare(
+                GenerationRequest(parsed.prompt, parsed.params(1), watermark_key=key_for_tenant)
+            )
+            max_tokens = parsed.max_tokens
+            if max_tokens is None:  # chat without a limit: the room left in the context
+                max_tokens = self.engine.context_length - probe.prompt_tokens
+                if tier.max_tokens is not None:
+                    max_tokens = min(max_tokens, tier.max_tokens)
+                if max_tokens < 1:
+                    raise ContextLengthError(
+                        f"this model's context is {self.engine.context_length} tokens and the "
+                        f"messages take {probe.prompt_tokens}"
+                    )
+            return self.engine.prepare(
+                GenerationRequest(
+                    list(probe.prompt_ids), parsed.params(max_tokens), watermark_key=key_for_tenant
+                )
+            )
+        except ContextLengthError as exc:
+            raise ApiError(
+                400,
+                str(exc),
+                param="messages" if parsed.chat else "prompt",
+                code="context_length_exceeded",
+            ) from None
+        except InputError as exc:
+            raise ApiError(400, str(exc), param="prompt") from None
+        except DistillGuardError as exc:
+            raise ApiError(400, str(exc)) from None
+
+    def _admit(self, key: ApiKey, prepared: PreparedRequest) -> Admission | Refusal:
+        scopes = [Scope(f"key:{key.key_id}", Limits(key.rpm, key.tpm, key.concurrency))]
+        if self.tenant_limits is not None:
+            scopes.append(Scope(f"tenant:{key.tenant}", self.tenant_limits))
+        if key.daily_tokens is not None:
+            scopes.append(Scope(f"day:{key.key_id}", Limits(10**12, key.daily_tokens), window=DAY))
+        reserved = prepared.prompt_tokens + prepared.params.max_tokens * prepared.params.n
+        return self.limiter.admit(tuple(scopes), reserved)
+
+    def _refuse(self, call: _Call, refusal: Refusal) -> Response:
+        retry = max(refusal.retry_after, 0.001)
+        if refusal.reason == "concurrency":
+            message = "Too many requests in flight for this key; retry when one finishes"
+        else:
+            message = (
+                f"Rate limit reached for {refusal.scope} on {refusal.reason}; "
+                f"retry in {format_duration(retry)}"
+            )
+        error = ApiError(429, message, kind=refusal.reason, code="rate_limit_exceeded")
+        self._record(call, 429, "rate_limited")
+        headers = self._headers(call) | {
+            "retry-after": str(max(1, math.ceil(retry))),
+            "retry-after-ms": str(max(1, math.ceil(retry * 1000))),
+        }
+        return JSONResponse(error_body(error), status_code=429, headers=headers)
+
+    # -- bookkeeping --------------------------------------------------------------------------
+
+    def _finish(self, call: _Call, status: int, outcome: str) -> None:
+        if call.admission is not None and call.prepared is not None:
+            self.limiter.settle(
+                call.admission, call.prepared.prompt_tokens + call.completion_tokens
+            )
+        self._record(call, status, outcome)
+
+    def _record(self, call: _Call, status: int, outcome: str) -> None:
+        if call.key is None:
+            return  # unauthenticated requests are logged, not metered
+        prepared, parsed = call.prepared, call.parsed
+        watermark = prepared.watermark_key if prepared is not None else None
+        parameters: dict[str, Any] = {}
+        if parsed is not None:
+            parameters = {
+                "max_tokens": prepared.params.max_tokens if prepared else parsed.max_tokens,
+                "temperature": parsed.temperature,
+                "top_p": parsed.top_p,
+                "n": parsed.n,
+                "stop": list(parsed.stop),
+                "seed": parsed.seed,
+                "logprobs": parsed.logprobs,
+                "top_logprobs": parsed.top_logprobs,
+                "stream": parsed.stream,
+                "user": parsed.user,
+            }
+        prompt_text = ""
+        if prepared is not None and self.store_text:
+            prompt_text = self.engine.loaded.tokenizer.decode(list(prepared.prompt_ids))
+        output_text = (
+            json.dumps(["".join(parts) for parts in call.texts]) if self.store_text else ""
+        )
+        self.audit.append(
+            UsageRecord(
+                request_id=call.request_id,
+                created_at=datetime.now(UTC)
+                .isoformat(timespec="microseconds")
+                .replace("+00:00", "Z"),
+                tenant=call.key.tenant,
+                key_id=call.key.key_id,
+                model=self.engine.model_name,
+                endpoint=call.endpoint,
+                status=status,
+                outcome=outcome,
+                prompt_tokens=prepared.prompt_tokens
+                if (prepared is not None and status < 400)
+                or (outcome == "client_disconnected" and prepared is not None)
+                else 0,
+                completion_tokens=call.completion_tokens,
+                latency_ms=(time.perf_counter() - call.started) * 1000,
+                watermark_key_id=watermark.key_id if watermark is not None else None,
+                fingerprint=self.engine.scheme.fingerprint if watermark is not None else None,
+                parameters=parameters,
+                prompt_text=prompt_text,
+                output_text=output_text,
+            )
+        )
+
+    def _headers(self, call: _Call) -> dict[str, str]:
+        headers = {"x-request-id": call.request_id}
+        snapshot = call.snapshot
+        if snapshot is not None:
+            headers |= {
+                "x-ratelimit-limit-requests": str(snapshot.limit_requests),
+                "x-ratelimit-remaining-requests": str(snapshot.remaining_requests),
+                "x-ratelimit-reset-requests": format_duration(snapshot.reset_requests),
+                "x-ratelimit-limit-tokens": str(snapshot.limit_tokens),
+                "x-ratelimit-remaining-tokens": str(snapshot.remaining_tokens),
+                "x-ratelimit-reset-tokens": format_duration(snapshot.reset_tokens),
+            }
+        if call.prepared is not None:
+            key = call.prepared.watermark_key
+            headers["x-distillguard-watermark"] = key.key_id if key is not None else "none"
+        return headers
+
+    def _error(self, call: _Call, error: ApiError) -> Response:
+        if call.snapshot is None and call.key is not None:
+            call.snapshot = self.limiter_snapshot(call.key)
+        return JSONResponse(
+            error_body(error), status_code=error.status, headers=self._headers(call)
+        )
+
+    def limiter_snapshot(self, key: ApiKey) -> Snapshot | None:
+        snapshot = getattr(self.limiter, "snapshot", None)
+        if snapshot is None:
+            return None
+        result: Snapshot = snapshot(
+            Scope(f"key:{key.key_id}", Limits(key.rpm, key.tpm, key.concurrency))
+        )
+        return result
+
+    async def _http_error(self, request: Request, exc: Exception) -> Response:
+        status = exc.status_code if isinstance(exc, HTTPException) else 500
+        message = exc.detail if isinstance(exc, HTTPException) else "internal error"
+        error = ApiError(
+            status, str(message), kind="invalid_request_error" if status < 500 else "server_error"
+        )
+        return JSONResponse(
+            error_body(error), status_code=status, headers={"x-request-id": _request_id()}
+        )
+
+
+def _request_id() -> str:
+    return "req_" + secrets.token_hex(12)

@@ -1,0 +1,230 @@
+"""Metering and the tamper-evident audit log.
+
+Every request the gateway answers gets a usage row (tenant, key, model, token counts, status,
+latency, watermark key id and scheme fingerprint, parameters, and the prompt and output text,
+zlib-compressed) and an audit record chained by hash::
+
+    record      = canonical JSON of the usage row, with SHA-256 of the prompt and output text
+    record_hash = SHA-256(prev_hash || record)        (prev_hash of the first record: 64 zeros)
+
+Changing any row (its text, a token count) or the order of rows breaks the chain at that
+record; `verify_chain` names the first bad one. Writes happen on a background thread in
+batches, off the request path; `close()` flushes what is queued, so a response the client
+received always has its rows once the gateway shuts down cleanly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import queue
+import sqlite3
+import threading
+import zlib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = ["AuditLog", "ChainVerification", "UsageRecord", "verify_chain"]
+
+GENESIS = "0" * 64
+_USAGE_COLUMNS = (
+    "request_id",
+    "created_at",
+    "tenant",
+    "key_id",
+    "model",
+    "endpoint",
+    "status",
+    "outcome",
+    "prompt_tokens",
+    "completion_tokens",
+    "latency_ms",
+    "watermark_key_id",
+    "fingerprint",
+    "parameters",
+    "prompt_text",
+    "output_text",
+)
+
+
+@dataclass(frozen=True)
+class UsageRecord:
+    request_id: str
+    created_at: str
+    tenant: str
+    key_id: str
+    model: str
+    endpoint: str
+    status: int
+    outcome: str  # "ok", "error", "rate_limited", "client_disconnected", ...
+    prompt_tokens: int
+    completion_tokens: int
+    latency_ms: float
+    watermark_key_id: str | None
+    fingerprint: str | None
+    parameters: dict[str, Any] = field(default_factory=dict)
+    prompt_text: str = ""
+    output_text: str = ""
+
+
+def _record_json(row: dict[str, Any]) -> str:
+    """The audited form of a usage row: everything, with the texts as their hashes."""
+    audited = {
+        name: row[name] for name in _USAGE_COLUMNS if name not in ("prompt_text", "output_text")
+    }
+    audited["latency_ms"] = round(float(audited["latency_ms"]), 3)
+    audited["prompt_sha256"] = hashlib.sha256(row["prompt_text"].encode()).hexdigest()
+    audited["output_sha256"] = hashlib.sha256(row["output_text"].encode()).hexdigest()
+    return json.dumps(audited, sort_keys=True, separators=(",", ":"))
+
+
+def _chain(prev_hash: str, record: str) -> str:
+    return hashlib.sha256(prev_hash.encode() + record.encode()).hexdigest()
+
+
+class AuditLog:
+    """Batched background writer of usage rows and their chained audit records."""
+
+    def __init__(
+        self,
+        connect: Callable[[], sqlite3.Connection],
+        *,
+        flush_interval: float = 0.05,
+        max_batch: int = 512,
+        store_text: bool = True,
+    ) -> None:
+        self._connect = connect
+        self._flush_interval = flush_interval
+        self._max_batch = max_batch
+        self._store_text = store_text
+        self._queue: queue.Queue[UsageRecord | None] = queue.Queue()
+        self._written = threading.Condition()
+        self._pending = 0
+        self._thread = threading.Thread(target=self._run, name="distillguard-audit", daemon=True)
+        self._thread.start()
+
+    def append(self, record: UsageRecord) -> None:
+        """Queue a record; returns at once (the request path never waits on the database)."""
+        with self._written:
+            self._pending += 1
+        self._queue.put(record)
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until everything queued so far is written."""
+        with self._written:
+            return self._written.wait_for(lambda: self._pending == 0, timeout=timeout)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        connection = self._connect()
+        last = connection.execute(
+            "SELECT record_hash FROM audit ORDER BY seq DESC LIMIT 1"
+        ).fetchone()
+        prev_hash = last[0] if last else GENESIS
+        stopping = False
+        while not stopping:
+            batch: list[UsageRecord] = []
+            item = self._queue.get()
+            if item is None:
+                stopping = True
+            else:
+                batch.append(item)
+            while len(batch) < self._max_batch:
+                try:
+                    item = (
+                        self._queue.get(timeout=self._flush_interval)
+                        if not stopping
+                        else self._queue.get_nowait()
+                    )
+                except queue.Empty:
+                    break
+                if item is None:
+                    stopping = True
+                    continue
+                batch.append(item)
+            if batch:
+                prev_hash = self._write(connection, batch, prev_hash)
+                with self._written:
+                    self._pending -= len(batch)
+                    self._written.notify_all()
+        connection.close()
+
+    def _write(
+        self, connection: sqlite3.Connection, batch: list[UsageRecord], prev_hash: str
+    ) -> str:
+        """Insert a batch of usage rows and their chained audit records in one transaction."""
+        usage_rows = []
+        links = []
+        for record in batch:
+            row = asdict(record)
+            row["parameters"] = json.dumps(record.parameters, sort_keys=True, separators=(",", ":"))
+            if not self._store_text:
+                row["prompt_text"] = row["output_text"] = ""
+            audited = _record_json(row)
+            record_hash = _chain(prev_hash, audited)
+            links.append((record.request_id, audited, prev_hash, record_hash))
+            prev_hash = record_hash
+            row["prompt_text"] = zlib.compress(row["prompt_text"].encode())
+            row["output_text"] = zlib.compress(row["output_text"].encode())
+            usage_rows.append(tuple(row[name] for name in _USAGE_COLUMNS))
+        placeholders = ", ".join("?" for _ in _USAGE_COLUMNS)
+        with connection:
+            connection.executemany(
+                f"INSERT INTO usage ({', '.join(_USAGE_COLUMNS)}) VALUES ({placeholders})",  # noqa: S608
+                usage_rows,
+            )
+            connection.executemany(
+                "INSERT INTO audit (request_id, record, prev_hash, record_hash) "
+                "VALUES (?, ?, ?, ?)",
+                links,
+            )
+        return prev_hash
+
+
+@dataclass(frozen=True)
+class ChainVerification:
+    ok: bool
+    records: int
+    first_bad_seq: int | None = None
+    request_id: str | None = None
+    reason: str | None = None
+
+
+def verify_chain(connection: sqlite3.Connection) -> ChainVerification:
+    """Recompute every record from its usage row and every hash from the previous one."""
+    prev_hash = GENESIS
+    count = 0
+    audit_rows = connection.execute(
+        "SELECT seq, request_id, record, prev_hash, record_hash FROM audit ORDER BY seq"
+    )
+    for seq, request_id, record, stored_prev, record_hash in audit_rows:
+        count += 1
+        usage = connection.execute(
+            f"SELECT {', '.join(_USAGE_COLUMNS)} FROM usage WHERE request_id = ?",  # noqa: S608
+            (request_id,),
+        ).fetchone()
+        if usage is None:
+            return ChainVerification(False, count, seq, request_id, "its usage row is missing")
+        row = dict(zip(_USAGE_COLUMNS, usage, strict=True))
+        row["prompt_text"] = zlib.decompress(row["prompt_text"]).decode()
+        row["output_text"] = zlib.decompress(row["output_text"]).decode()
+        if _record_json(row) != record:
+            return ChainVerification(False, count, seq, request_id, "its usage row was changed")
+        if stored_prev != prev_hash:
+            return ChainVerification(
+                False,
+                count,
+                seq,
+                request_id,
+                "the chain is broken before it (rows removed or reordered)",
+            )
+        if _chain(prev_hash, record) != record_hash:
+            return ChainVerification(
+                False, count, seq, request_id, "its hash does not match its record"
+            )
+        prev_hash = record_hash
+    return ChainVerification(True, count)
