@@ -107,8 +107,10 @@ class Gateway:
         tiers: dict[str, Tier] | None = None,
         max_body_bytes: int = 1 << 20,
         store_text: bool = True,
+        minute: float = 60.0,
     ) -> None:
         self.engine = engine
+        self.minute = minute  # the per-minute window; tests shorten it
         self.keys = keys
         self.audit = audit
         self.watermark_key_for = watermark_key_for
@@ -348,9 +350,9 @@ class Gateway:
             raise ApiError(400, str(exc)) from None
 
     def _admit(self, key: ApiKey, prepared: PreparedRequest) -> Admission | Refusal:
-        scopes = [Scope(f"key:{key.key_id}", Limits(key.rpm, key.tpm, key.concurrency))]
+        scopes = [self._key_scope(key)]
         if self.tenant_limits is not None:
-            scopes.append(Scope(f"tenant:{key.tenant}", self.tenant_limits))
+            scopes.append(Scope(f"tenant:{key.tenant}", self.tenant_limits, self.minute))
         if key.daily_tokens is not None:
             scopes.append(Scope(f"day:{key.key_id}", Limits(10**12, key.daily_tokens), window=DAY))
         reserved = prepared.prompt_tokens + prepared.params.max_tokens * prepared.params.n
@@ -461,10 +463,10 @@ class Gateway:
         snapshot = getattr(self.limiter, "snapshot", None)
         if snapshot is None:
             return None
-        result: Snapshot = snapshot(
-            Scope(f"key:{key.key_id}", Limits(key.rpm, key.tpm, key.concurrency))
-        )
-        return result
+        return snapshot(self._key_scope(key))  # type: ignore[no-any-return]
+
+    def _key_scope(self, key: ApiKey) -> Scope:
+        return Scope(f"key:{key.key_id}", Limits(key.rpm, key.tpm, key.concurrency), self.minute)
 
     async def _http_error(self, request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 500
