@@ -263,3 +263,52 @@ def test_generate_bad_input_gives_one_line_errors(tmp_path: Path, tiny_model_dir
     assert_one_line_error(
         run(tmp_path, "generate", "hi", *model, "--tenant", "nobody"), "unknown tenant"
     )
+
+
+def test_api_keys_create_list_revoke(tmp_path: Path) -> None:
+    code, out, _ = run(
+        tmp_path, "keys", "create", "--tenant", "acme", "--rpm", "10", "--tpm", "1000"
+    )
+    assert code == 0
+    api_key = next(line.split()[-1] for line in out.splitlines() if line.startswith("api key"))
+    key_id = next(line.split()[-1] for line in out.splitlines() if line.startswith("key id"))
+    code, out, _ = run(tmp_path, "keys", "list", "--json")
+    listed = json.loads(out)
+    assert [item["key_id"] for item in listed] == [key_id]
+    assert api_key not in out and api_key.split("-")[-1] not in out
+    assert run(tmp_path, "keys", "revoke", key_id)[0] == 0
+    assert json.loads(run(tmp_path, "keys", "list", "--json")[1])[0]["revoked_at"]
+    assert_one_line_error(run(tmp_path, "keys", "revoke", key_id), "no active API key")
+
+
+def test_audit_verify_reports_a_broken_chain(tmp_path: Path) -> None:
+    from distillguard.gateway.audit import AuditLog, UsageRecord
+    from distillguard.store import connect
+
+    log = AuditLog(lambda: connect(tmp_path))
+    for index in range(3):
+        log.append(
+            UsageRecord(
+                f"req_{index}",
+                "2026-11-30T00:00:00Z",
+                "acme",
+                "k",
+                "m",
+                "completions",
+                200,
+                "ok",
+                1,
+                1,
+                1.0,
+                None,
+                None,
+            )
+        )
+    log.close()
+    code, out, _ = run(tmp_path, "audit", "verify")
+    assert code == 0 and "3 records" in out
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "distillguard.db") as connection:
+        connection.execute("UPDATE usage SET prompt_tokens = 99 WHERE request_id = 'req_1'")
+    assert_one_line_error(run(tmp_path, "audit", "verify"), "broken at record 2")
