@@ -15,10 +15,10 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# The main job. Until the gateway lands: a watermarked completion from the embedded model,
-# with its detection (creates the master secret and the demo tenant's key on first use).
+# The main job: the OpenAI-compatible gateway on the embedded model, http://127.0.0.1:8000/v1
+# (on first start it creates the master secret and prints a demo API key once).
 run: $(STAMP)
-	$(BIN)/distillguard generate "The module provides" --max-tokens 120 --detect
+	$(BIN)/distillguard serve
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
