@@ -7,6 +7,7 @@ mismatched scheme) print one line to stderr and exit with status 1; nothing else
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from contextlib import closing
@@ -330,6 +331,12 @@ def audit_verify(state: _State) -> None:
 @click.option(
     "--no-store-text", is_flag=True, help="Do not keep prompt and output text in the usage log."
 )
+@click.option(
+    "--upstream",
+    default=None,
+    help="Proxy this OpenAI-compatible base URL (e.g. http://host:8001/v1) instead of a local "
+    "model; its outputs cannot be watermarked. Its key is read from DISTILLGUARD_UPSTREAM_API_KEY.",
+)
 @click.pass_obj
 def serve(
     state: _State,
@@ -338,8 +345,9 @@ def serve(
     model_dir: Path | None,
     max_body_bytes: int,
     no_store_text: bool,
+    upstream: str | None,
 ) -> None:
-    """Run the OpenAI-compatible gateway (the embedded model unless --model).
+    """Run the OpenAI-compatible gateway (the embedded model unless --model or --upstream).
 
     State lives in the data directory (SQLite). On first start it creates the master secret
     and a demo API key, printed once.
@@ -352,11 +360,17 @@ def serve(
     from distillguard.gateway.server import build_server
 
     server = build_server(
-        state.home, model_dir, max_body_bytes=max_body_bytes, store_text=not no_store_text
+        state.home,
+        model_dir,
+        max_body_bytes=max_body_bytes,
+        store_text=not no_store_text,
+        upstream=upstream,
+        upstream_api_key=os.environ.get("DISTILLGUARD_UPSTREAM_API_KEY"),
     )
     if server.demo_key is not None:
         click.echo(f"demo API key (tenant demo, shown once): {server.demo_key}")
-    click.echo(f"serving {server.engine.model_name} on http://{host}:{port}/v1", err=True)
+    names = ", ".join(server.gateway.model_names)
+    click.echo(f"serving {names} on http://{host}:{port}/v1", err=True)
     try:
         uvicorn.run(server.gateway.app, host=host, port=port, log_level="warning")
     finally:

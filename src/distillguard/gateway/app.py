@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
@@ -28,7 +29,7 @@ from starlette.routing import Route
 
 from distillguard.engine.engine import Engine, PreparedRequest
 from distillguard.engine.params import GenerationRequest
-from distillguard.errors import ContextLengthError, DistillGuardError, InputError
+from distillguard.errors import ConfigError, ContextLengthError, DistillGuardError, InputError
 from distillguard.gateway.apikeys import ApiKey, AuthenticationError, KeyStore
 from distillguard.gateway.audit import AuditLog, UsageRecord
 from distillguard.gateway.protocol import (
@@ -51,6 +52,7 @@ from distillguard.gateway.ratelimit import (
     Snapshot,
     format_duration,
 )
+from distillguard.gateway.upstream import Upstream, estimate_tokens
 from distillguard.watermark.key import WatermarkKey
 
 __all__ = ["Gateway", "Tier"]
@@ -90,6 +92,11 @@ class _Call:
     snapshot: Snapshot | None = None
     texts: list[list[str]] = field(default_factory=list)
     completion_tokens: int = 0
+    prompt_tokens: int = 0  # reserved estimate, then the actual count
+    prompt_text: str = ""
+    max_tokens: int | None = None
+    watermark_key_id: str | None = None
+    watermark_header: str | None = None  # key id, "none", or "unavailable" (upstream mode)
 
 
 class Gateway:
@@ -97,7 +104,7 @@ class Gateway:
 
     def __init__(
         self,
-        engine: Engine,
+        engine: Engine | None,
         keys: KeyStore,
         audit: AuditLog,
         watermark_key_for: Callable[[str], WatermarkKey | None],
@@ -108,8 +115,16 @@ class Gateway:
         max_body_bytes: int = 1 << 20,
         store_text: bool = True,
         minute: float = 60.0,
+        upstream: Upstream | None = None,
+        upstream_models: tuple[str, ...] = (),
+        upstream_max_tokens: int = 4096,
     ) -> None:
-        self.engine = engine
+        if (engine is None) == (upstream is None):
+            raise ConfigError("the gateway serves either a local engine or an upstream, not both")
+        self.upstream = upstream
+        self.upstream_models = upstream_models
+        self.upstream_max_tokens = upstream_max_tokens
+        self._engine = engine
         self.minute = minute  # the per-minute window; tests shorten it
         self.keys = keys
         self.audit = audit
@@ -129,10 +144,24 @@ class Gateway:
             exception_handlers={HTTPException: self._http_error},
         )
 
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            raise ConfigError("this gateway proxies an upstream; it has no local engine")
+        return self._engine
+
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        return (self._engine.model_name,) if self._engine is not None else self.upstream_models
+
+    @property
+    def model_name(self) -> str:
+        return self.model_names[0]
+
     # -- routes ------------------------------------------------------------------------------
 
     async def healthz(self, request: Request) -> Response:
-        return JSONResponse({"status": "ok", "model": self.engine.model_name})
+        return JSONResponse({"status": "ok", "model": self.model_name})
 
     async def models(self, request: Request) -> Response:
         call = _Call(_request_id(), time.perf_counter(), "models")
@@ -143,12 +172,8 @@ class Gateway:
         body = {
             "object": "list",
             "data": [
-                {
-                    "id": self.engine.model_name,
-                    "object": "model",
-                    "created": 0,
-                    "owned_by": "distillguard",
-                }
+                {"id": name, "object": "model", "created": 0, "owned_by": "distillguard"}
+                for name in self.model_names
             ],
         }
         return JSONResponse(body, headers={"x-request-id": call.request_id})
@@ -162,6 +187,8 @@ class Gateway:
     # -- the request path -----------------------------------------------------------------------
 
     async def _generate(self, request: Request, *, chat: bool) -> Response:
+        if self.upstream is not None:
+            return await self._proxy(request, self.upstream, chat=chat)
         call = _Call(
             _request_id(), time.perf_counter(), "chat.completions" if chat else "completions"
         )
@@ -176,8 +203,16 @@ class Gateway:
                     param="model",
                     code="model_not_found",
                 )
-            call.prepared = self._prepare(call.key, call.parsed)
-            decision = self._admit(call.key, call.prepared)
+            call.prepared = prepared = self._prepare(call.key, call.parsed)
+            key = prepared.watermark_key
+            call.prompt_tokens = prepared.prompt_tokens
+            call.max_tokens = prepared.params.max_tokens
+            call.watermark_key_id = key.key_id if key is not None else None
+            call.watermark_header = call.watermark_key_id or "none"
+            if self.store_text:
+                call.prompt_text = self.engine.loaded.tokenizer.decode(list(prepared.prompt_ids))
+            reserved = prepared.prompt_tokens + prepared.params.max_tokens * prepared.params.n
+            decision = self._admit(call.key, reserved)
             if isinstance(decision, Refusal):
                 call.snapshot = decision.snapshot
                 return self._refuse(call, decision)
@@ -299,7 +334,7 @@ class Gateway:
             ) from None
         return str(rendered)
 
-    def _prepare(self, key: ApiKey, parsed: ParsedRequest) -> PreparedRequest:
+    def _check_tier(self, key: ApiKey, parsed: ParsedRequest) -> Tier:
         tier = self.tiers.get(key.tier, Tier())
         if parsed.n > tier.max_n:
             raise ApiError(400, f"n is limited to {tier.max_n} for this key", param="n")
@@ -317,6 +352,10 @@ class Gateway:
             raise ApiError(
                 400, f"max_tokens is limited to {tier.max_tokens} for this key", param="max_tokens"
             )
+        return tier
+
+    def _prepare(self, key: ApiKey, parsed: ParsedRequest) -> PreparedRequest:
+        tier = self._check_tier(key, parsed)
         key_for_tenant = self.watermark_key_for(key.tenant)
         try:
             probe = self.engine.prepare(
@@ -349,13 +388,12 @@ class Gateway:
         except DistillGuardError as exc:
             raise ApiError(400, str(exc)) from None
 
-    def _admit(self, key: ApiKey, prepared: PreparedRequest) -> Admission | Refusal:
+    def _admit(self, key: ApiKey, reserved: int) -> Admission | Refusal:
         scopes = [self._key_scope(key)]
         if self.tenant_limits is not None:
             scopes.append(Scope(f"tenant:{key.tenant}", self.tenant_limits, self.minute))
         if key.daily_tokens is not None:
             scopes.append(Scope(f"day:{key.key_id}", Limits(10**12, key.daily_tokens), window=DAY))
-        reserved = prepared.prompt_tokens + prepared.params.max_tokens * prepared.params.n
         return self.limiter.admit(tuple(scopes), reserved)
 
     def _refuse(self, call: _Call, refusal: Refusal) -> Response:
@@ -378,21 +416,18 @@ class Gateway:
     # -- bookkeeping --------------------------------------------------------------------------
 
     def _finish(self, call: _Call, status: int, outcome: str) -> None:
-        if call.admission is not None and call.prepared is not None:
-            self.limiter.settle(
-                call.admission, call.prepared.prompt_tokens + call.completion_tokens
-            )
+        if call.admission is not None:
+            self.limiter.settle(call.admission, call.prompt_tokens + call.completion_tokens)
         self._record(call, status, outcome)
 
     def _record(self, call: _Call, status: int, outcome: str) -> None:
         if call.key is None:
             return  # unauthenticated requests are logged, not metered
-        prepared, parsed = call.prepared, call.parsed
-        watermark = prepared.watermark_key if prepared is not None else None
+        parsed = call.parsed
         parameters: dict[str, Any] = {}
         if parsed is not None:
             parameters = {
-                "max_tokens": prepared.params.max_tokens if prepared else parsed.max_tokens,
+                "max_tokens": call.max_tokens if call.max_tokens is not None else parsed.max_tokens,
                 "temperature": parsed.temperature,
                 "top_p": parsed.top_p,
                 "n": parsed.n,
@@ -403,9 +438,6 @@ class Gateway:
                 "stream": parsed.stream,
                 "user": parsed.user,
             }
-        prompt_text = ""
-        if prepared is not None and self.store_text:
-            prompt_text = self.engine.loaded.tokenizer.decode(list(prepared.prompt_ids))
         output_text = (
             json.dumps(["".join(parts) for parts in call.texts]) if self.store_text else ""
         )
@@ -417,20 +449,19 @@ class Gateway:
                 .replace("+00:00", "Z"),
                 tenant=call.key.tenant,
                 key_id=call.key.key_id,
-                model=self.engine.model_name,
+                model=parsed.model if parsed is not None else self.model_name,
                 endpoint=call.endpoint,
                 status=status,
                 outcome=outcome,
-                prompt_tokens=prepared.prompt_tokens
-                if (prepared is not None and status < 400)
-                or (outcome == "client_disconnected" and prepared is not None)
-                else 0,
+                prompt_tokens=call.prompt_tokens if call.admission is not None else 0,
                 completion_tokens=call.completion_tokens,
                 latency_ms=(time.perf_counter() - call.started) * 1000,
-                watermark_key_id=watermark.key_id if watermark is not None else None,
-                fingerprint=self.engine.scheme.fingerprint if watermark is not None else None,
+                watermark_key_id=call.watermark_key_id,
+                fingerprint=self._engine.scheme.fingerprint
+                if self._engine is not None and call.watermark_key_id
+                else None,
                 parameters=parameters,
-                prompt_text=prompt_text,
+                prompt_text=call.prompt_text if self.store_text else "",
                 output_text=output_text,
             )
         )
@@ -447,9 +478,8 @@ class Gateway:
                 "x-ratelimit-remaining-tokens": str(snapshot.remaining_tokens),
                 "x-ratelimit-reset-tokens": format_duration(snapshot.reset_tokens),
             }
-        if call.prepared is not None:
-            key = call.prepared.watermark_key
-            headers["x-distillguard-watermark"] = key.key_id if key is not None else "none"
+        if call.watermark_header is not None:
+            headers["x-distillguard-watermark"] = call.watermark_header
         return headers
 
     def _error(self, call: _Call, error: ApiError) -> Response:
@@ -468,6 +498,106 @@ class Gateway:
     def _key_scope(self, key: ApiKey) -> Scope:
         return Scope(f"key:{key.key_id}", Limits(key.rpm, key.tpm, key.concurrency), self.minute)
 
+    # -- upstream mode -------------------------------------------------------------------------
+
+    async def _proxy(self, request: Request, upstream: Upstream, *, chat: bool) -> Response:
+        """Keys, limits, metering and audit in front of an OpenAI-compatible upstream."""
+        call = _Call(
+            _request_id(), time.perf_counter(), "chat.completions" if chat else "completions"
+        )
+        call.watermark_header = "unavailable"
+        try:
+            call.key = self._authenticate(request)
+            body = await self._read_json(request)
+            call.parsed = parsed = parse_body(body, chat=chat, render_chat=_messages_json)
+            if parsed.model not in self.upstream_models:
+                raise ApiError(
+                    404,
+                    f"The model '{parsed.model}' does not exist",
+                    param="model",
+                    code="model_not_found",
+                )
+            self._check_tier(call.key, parsed)
+            prompt = parsed.prompt
+            call.prompt_tokens = (
+                len(prompt) if isinstance(prompt, list) else estimate_tokens(prompt)
+            )
+            call.prompt_text = prompt if isinstance(prompt, str) else json.dumps(prompt)
+            call.max_tokens = parsed.max_tokens or self.upstream_max_tokens
+            decision = self._admit(call.key, call.prompt_tokens + call.max_tokens * parsed.n)
+            if isinstance(decision, Refusal):
+                call.snapshot = decision.snapshot
+                return self._refuse(call, decision)
+            call.admission, call.snapshot = decision, decision.snapshot
+        except ApiError as error:
+            self._record(call, error.status, "rejected")
+            return self._error(call, error)
+        path = "/chat/completions" if chat else "/completions"
+        if parsed.stream:
+            forwarded = body | {"stream_options": {"include_usage": True}}
+            return StreamingResponse(
+                self._proxy_stream(call, upstream, path, forwarded, parsed),
+                media_type="text/event-stream",
+                headers=self._headers(call),
+            )
+        try:
+            reply = await upstream.post(path, body)
+        except httpx.HTTPError as exc:
+            self._finish(call, 502, "upstream_error")
+            return self._error(
+                call,
+                ApiError(502, f"the upstream failed: {type(exc).__name__}", kind="upstream_error"),
+            )
+        usage = reply.body.get("usage") if isinstance(reply.body, dict) else None
+        if isinstance(usage, dict):
+            call.prompt_tokens = int(usage.get("prompt_tokens", call.prompt_tokens))
+            call.completion_tokens = int(usage.get("completion_tokens", 0))
+        call.texts = [[_choice_text(choice)] for choice in reply.body.get("choices", [])]
+        self._finish(call, reply.status, "ok" if reply.status < 400 else "upstream_rejected")
+        return JSONResponse(reply.body, status_code=reply.status, headers=self._headers(call))
+
+    async def _proxy_stream(
+        self,
+        call: _Call,
+        upstream: Upstream,
+        path: str,
+        body: dict[str, Any],
+        parsed: ParsedRequest,
+    ) -> AsyncIterator[str]:
+        outcome, status = "client_disconnected", 499
+        call.texts = [[] for _ in range(parsed.n)]
+        try:
+            async for code, line in upstream.stream(path, body):
+                if code >= 400:
+                    outcome, status = "upstream_rejected", code
+                    yield "data: " + line + "\n\n"
+                    return
+                if not line.startswith("data: "):
+                    continue
+                data = line[6:]
+                if data != "[DONE]":
+                    chunk = json.loads(data)
+                    usage = chunk.get("usage")
+                    if isinstance(usage, dict):
+                        call.prompt_tokens = int(usage.get("prompt_tokens", call.prompt_tokens))
+                        call.completion_tokens = int(usage.get("completion_tokens", 0))
+                        if not parsed.include_usage and not chunk.get("choices"):
+                            continue  # the client did not ask for the usage chunk
+                    for choice in chunk.get("choices") or []:
+                        index = int(choice.get("index", 0))
+                        if 0 <= index < len(call.texts):
+                            call.texts[index].append(_choice_text(choice))
+                yield line + "\n\n"
+            outcome, status = "ok", 200
+        except httpx.HTTPError as exc:
+            outcome, status = "upstream_error", 502
+            error = ApiError(
+                502, f"the upstream failed: {type(exc).__name__}", kind="upstream_error"
+            )
+            yield "data: " + json.dumps(error_body(error)) + "\n\n"
+        finally:
+            self._finish(call, status, outcome)
+
     async def _http_error(self, request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 500
         message = exc.detail if isinstance(exc, HTTPException) else "internal error"
@@ -477,6 +607,20 @@ class Gateway:
         return JSONResponse(
             error_body(error), status_code=status, headers={"x-request-id": _request_id()}
         )
+
+
+def _messages_json(messages: list[dict[str, str]]) -> str:
+    """Upstream mode renders no template: the messages' JSON is what the estimate counts."""
+    return json.dumps(messages, ensure_ascii=False)
+
+
+def _choice_text(choice: dict[str, Any]) -> str:
+    """The text of a choice or chunk choice, whatever its shape (chat, delta, completion)."""
+    for holder in (choice.get("message"), choice.get("delta")):
+        if isinstance(holder, dict) and isinstance(holder.get("content"), str):
+            return str(holder["content"])
+    text = choice.get("text")
+    return text if isinstance(text, str) else ""
 
 
 def _request_id() -> str:

@@ -7,11 +7,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
+
 from distillguard.engine.engine import Engine
+from distillguard.errors import ConfigError
 from distillguard.gateway.apikeys import KeyStore, create_api_key, list_api_keys
 from distillguard.gateway.app import Gateway
 from distillguard.gateway.audit import AuditLog
 from distillguard.gateway.ratelimit import Limits
+from distillguard.gateway.upstream import Upstream
 from distillguard.keys import derive_tenant_key, init_master_secret, record_commitment
 from distillguard.store import connect
 from distillguard.watermark.key import WatermarkKey
@@ -22,7 +26,7 @@ __all__ = ["Server", "build_server"]
 @dataclass
 class Server:
     gateway: Gateway
-    engine: Engine
+    engine: Engine | None
     audit: AuditLog
     connection: sqlite3.Connection
     demo_key: str | None  # the demo API key, when this start created it (shown once)
@@ -30,7 +34,8 @@ class Server:
     def close(self) -> None:
         """Flush the audit log and stop the engine."""
         self.audit.close()
-        self.engine.close()
+        if self.engine is not None:
+            self.engine.close()
         self.connection.close()
 
 
@@ -60,10 +65,21 @@ def build_server(
     store_text: bool = True,
     demo_rpm: int = 60,
     demo_tpm: int = 100_000,
+    upstream: str | None = None,
+    upstream_api_key: str | None = None,
 ) -> Server:
-    """The gateway on a model, with state in `home`; creates a demo key if there is none."""
-    engine = Engine(model)
+    """The gateway on a model (or an upstream URL), with state in `home`.
+
+    Creates a demo API key if there is none. In upstream mode the served model names are read
+    from the upstream's /models once, at start.
+    """
     connection = connect(home, shared=True)
+    engine = None if upstream else Engine(model)
+    proxy = None
+    models: tuple[str, ...] = ()
+    if upstream:
+        proxy = Upstream(upstream, api_key=upstream_api_key)
+        models = _upstream_models(upstream, upstream_api_key)
     demo_key = None
     if not list_api_keys(connection):
         demo_key, _ = create_api_key(connection, "demo", rpm=demo_rpm, tpm=demo_tpm)
@@ -72,12 +88,31 @@ def build_server(
         engine,
         KeyStore(connection),
         audit,
-        _watermark_keys(home, engine),
+        _watermark_keys(home, engine) if engine is not None else _no_watermark,
         tenant_limits=tenant_limits,
         max_body_bytes=max_body_bytes,
         store_text=store_text,
+        upstream=proxy,
+        upstream_models=models,
     )
     return Server(gateway, engine, audit, connection, demo_key)
+
+
+def _no_watermark(tenant: str) -> WatermarkKey | None:
+    return None
+
+
+def _upstream_models(url: str, api_key: str | None) -> tuple[str, ...]:
+    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        response = httpx.get(url.rstrip("/") + "/models", headers=headers, timeout=30.0)
+        response.raise_for_status()
+        names = tuple(str(item["id"]) for item in response.json()["data"])
+    except (httpx.HTTPError, KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"cannot list the upstream's models at {url}/models: {exc}") from None
+    if not names:
+        raise ConfigError(f"the upstream at {url} serves no models")
+    return names
 
 
 def _audit_connection(home: Path) -> sqlite3.Connection:
