@@ -68,7 +68,8 @@ def test_proxied_responses_are_metered_audited_and_marked_unwatermarked(tmp_path
     audit.close()
     with sqlite3.connect(tmp_path / "distillguard.db") as connection:
         rows = connection.execute(
-            "SELECT status, prompt_tokens, completion_tokens, watermark_key_id FROM usage ORDER BY created_at"
+            "SELECT status, prompt_tokens, completion_tokens, watermark_key_id "
+            "FROM usage ORDER BY created_at"
         ).fetchall()
     assert rows == [(200, 7, 8, None), (200, 7, 8, None), (404, 0, 0, None)]
     assert verify_chain(connect(tmp_path)).ok
