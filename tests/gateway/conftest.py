@@ -95,15 +95,18 @@ class LiveServer:
 
 
 def run_live(harness: Harness) -> tuple[object, threading.Thread, str]:
+    return run_app(harness.gateway.app)
+
+
+def run_app(app: object) -> tuple[object, threading.Thread, str]:
+    """Serve an ASGI app with uvicorn on a free port in a thread; (server, thread, base URL)."""
     import uvicorn
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()
-    server = uvicorn.Server(
-        uvicorn.Config(harness.gateway.app, host="127.0.0.1", port=port, log_level="warning")
-    )
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10

@@ -10,6 +10,7 @@ errors use OpenAI's body `{"error": {"message", "type", "param", "code"}}`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -20,7 +21,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
@@ -52,7 +52,7 @@ from distillguard.gateway.ratelimit import (
     Snapshot,
     format_duration,
 )
-from distillguard.gateway.upstream import Upstream, estimate_tokens
+from distillguard.gateway.upstream import Upstream, UpstreamError, estimate_tokens
 from distillguard.watermark.key import WatermarkKey
 
 __all__ = ["Gateway", "Tier"]
@@ -142,6 +142,7 @@ class Gateway:
                 Route("/healthz", self.healthz, methods=["GET"]),
             ],
             exception_handlers={HTTPException: self._http_error},
+            lifespan=self._lifespan,
         )
 
     @property
@@ -157,6 +158,12 @@ class Gateway:
     @property
     def model_name(self) -> str:
         return self.model_names[0]
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        yield
+        if self.upstream is not None:  # close pooled connections inside the serving loop
+            await self.upstream.close()
 
     # -- routes ------------------------------------------------------------------------------
 
@@ -542,11 +549,11 @@ class Gateway:
             )
         try:
             reply = await upstream.post(path, body)
-        except httpx.HTTPError as exc:
+        except UpstreamError as exc:
             self._finish(call, 502, "upstream_error")
             return self._error(
                 call,
-                ApiError(502, f"the upstream failed: {type(exc).__name__}", kind="upstream_error"),
+                ApiError(502, f"the upstream failed: {exc}", kind="upstream_error"),
             )
         usage = reply.body.get("usage") if isinstance(reply.body, dict) else None
         if isinstance(usage, dict):
@@ -554,7 +561,12 @@ class Gateway:
             call.completion_tokens = int(usage.get("completion_tokens", 0))
         call.texts = [[_choice_text(choice)] for choice in reply.body.get("choices", [])]
         self._finish(call, reply.status, "ok" if reply.status < 400 else "upstream_rejected")
-        return JSONResponse(reply.body, status_code=reply.status, headers=self._headers(call))
+        return Response(
+            reply.raw,
+            status_code=reply.status,
+            headers=self._headers(call),
+            media_type="application/json",
+        )
 
     async def _proxy_stream(
         self,
@@ -589,11 +601,9 @@ class Gateway:
                             call.texts[index].append(_choice_text(choice))
                 yield line + "\n\n"
             outcome, status = "ok", 200
-        except httpx.HTTPError as exc:
+        except UpstreamError as exc:
             outcome, status = "upstream_error", 502
-            error = ApiError(
-                502, f"the upstream failed: {type(exc).__name__}", kind="upstream_error"
-            )
+            error = ApiError(502, f"the upstream failed: {exc}", kind="upstream_error")
             yield "data: " + json.dumps(error_body(error)) + "\n\n"
         finally:
             self._finish(call, status, outcome)

@@ -128,10 +128,12 @@ class MemoryRateLimiter:
             return
         admission.settled = True
         used = min(max(used_tokens, 0), admission.tokens)
+        horizon = self._clock()
         for scope, entry in zip(admission.scopes, admission.entries, strict=True):
             log = self._logs[scope.name]
             refund = entry[1] - used
-            if refund > 0 and entry in log.tokens:
+            # an entry younger than the window is still in the log (no O(n) search needed)
+            if refund > 0 and entry[0] > horizon - scope.window:
                 entry[1] = used
                 log.token_total -= refund
             log.in_flight -= 1
