@@ -155,3 +155,22 @@ def test_a_client_that_disconnects_mid_stream_is_recorded(harness: Harness) -> N
         ).fetchone()
     assert row is not None
     assert row[1] in ("client_disconnected", "ok")
+
+
+def test_metrics_and_health_expose_counts_and_no_secrets(harness: Harness) -> None:
+    post(harness, "/v1/completions", b'{"model": "nope", "prompt": "x"}')
+
+    async def get(path: str) -> httpx.Response:
+        transport = httpx.ASGITransport(app=harness.gateway.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
+            return await http.get(path)
+
+    metrics = asyncio.run(get("/metrics"))
+    assert metrics.status_code == 200
+    assert (
+        'distillguard_requests_total{endpoint="completions",status="4xx",outcome="rejected"} 1'
+        in metrics.text
+    )
+    assert "distillguard_request_seconds_count 1" in metrics.text
+    assert harness.keys["acme"] not in metrics.text
+    assert asyncio.run(get("/healthz")).json()["status"] == "ok"

@@ -24,7 +24,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from distillguard.engine.engine import Engine, PreparedRequest
@@ -32,6 +32,7 @@ from distillguard.engine.params import GenerationRequest
 from distillguard.errors import ConfigError, ContextLengthError, DistillGuardError, InputError
 from distillguard.gateway.apikeys import ApiKey, AuthenticationError, KeyStore
 from distillguard.gateway.audit import AuditLog, UsageRecord
+from distillguard.gateway.metrics import Metrics
 from distillguard.gateway.protocol import (
     ApiError,
     ParsedRequest,
@@ -132,6 +133,7 @@ class Gateway:
         self.limiter = limiter or MemoryRateLimiter()
         self.tenant_limits = tenant_limits
         self.tiers = tiers or DEFAULT_TIERS
+        self.metrics = Metrics()
         self.max_body_bytes = max_body_bytes
         self.store_text = store_text
         self.app = Starlette(
@@ -140,6 +142,7 @@ class Gateway:
                 Route("/v1/completions", self.completions, methods=["POST"]),
                 Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
                 Route("/healthz", self.healthz, methods=["GET"]),
+                Route("/metrics", self.metrics_endpoint, methods=["GET"]),
             ],
             exception_handlers={HTTPException: self._http_error},
             lifespan=self._lifespan,
@@ -169,6 +172,9 @@ class Gateway:
 
     async def healthz(self, request: Request) -> Response:
         return JSONResponse({"status": "ok", "model": self.model_name})
+
+    async def metrics_endpoint(self, request: Request) -> Response:
+        return PlainTextResponse(self.metrics.render(), media_type="text/plain; version=0.0.4")
 
     async def models(self, request: Request) -> Response:
         call = _Call(_request_id(), time.perf_counter(), "models")
@@ -413,6 +419,7 @@ class Gateway:
                 f"retry in {format_duration(retry)}"
             )
         error = ApiError(429, message, kind=refusal.reason, code="rate_limit_exceeded")
+        self.metrics.refused(refusal.reason)
         self._record(call, 429, "rate_limited")
         headers = self._headers(call) | {
             "retry-after": str(max(1, math.ceil(retry))),
@@ -428,8 +435,17 @@ class Gateway:
         self._record(call, status, outcome)
 
     def _record(self, call: _Call, status: int, outcome: str) -> None:
+        prompt_tokens = call.prompt_tokens if call.admission is not None else 0
+        self.metrics.observe(
+            call.endpoint,
+            status,
+            outcome,
+            time.perf_counter() - call.started,
+            prompt_tokens,
+            call.completion_tokens,
+        )
         if call.key is None:
-            return  # unauthenticated requests are logged, not metered
+            return  # unauthenticated requests are counted, not metered per tenant
         parsed = call.parsed
         parameters: dict[str, Any] = {}
         if parsed is not None:
@@ -460,7 +476,7 @@ class Gateway:
                 endpoint=call.endpoint,
                 status=status,
                 outcome=outcome,
-                prompt_tokens=call.prompt_tokens if call.admission is not None else 0,
+                prompt_tokens=prompt_tokens,
                 completion_tokens=call.completion_tokens,
                 latency_ms=(time.perf_counter() - call.started) * 1000,
                 watermark_key_id=call.watermark_key_id,

@@ -1,0 +1,81 @@
+"""Prometheus metrics for the gateway, in the text exposition format (no extra dependency).
+
+Counters: requests by endpoint and status class, outcomes, prompt and completion tokens, rate
+limit refusals by reason; a histogram of request latency. Labels never carry keys or tenants'
+secrets; tenant ids are not used as labels either (unbounded cardinality).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+
+__all__ = ["Metrics"]
+
+_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._requests: defaultdict[tuple[str, str, str], int] = defaultdict(int)
+        self._tokens: defaultdict[str, int] = defaultdict(int)
+        self._refusals: defaultdict[str, int] = defaultdict(int)
+        self._latency_counts = [0] * len(_BUCKETS)
+        self._latency_sum = 0.0
+        self._latency_total = 0
+
+    def observe(
+        self,
+        endpoint: str,
+        status: int,
+        outcome: str,
+        seconds: float,
+        prompt_tokens: int,
+        completion_tokens: int,
+    ) -> None:
+        with self._lock:
+            self._requests[(endpoint, f"{status // 100}xx", outcome)] += 1
+            self._tokens["prompt"] += prompt_tokens
+            self._tokens["completion"] += completion_tokens
+            self._latency_sum += seconds
+            self._latency_total += 1
+            for index, bound in enumerate(_BUCKETS):
+                if seconds <= bound:
+                    self._latency_counts[index] += 1
+
+    def refused(self, reason: str) -> None:
+        with self._lock:
+            self._refusals[reason] += 1
+
+    def render(self) -> str:
+        with self._lock:
+            lines = [
+                "# HELP distillguard_requests_total Requests answered, by endpoint, status, outcome.",
+                "# TYPE distillguard_requests_total counter",
+            ]
+            for (endpoint, status, outcome), count in sorted(self._requests.items()):
+                labels = f'endpoint="{endpoint}",status="{status}",outcome="{outcome}"'
+                lines.append(f"distillguard_requests_total{{{labels}}} {count}")
+            lines += [
+                "# HELP distillguard_tokens_total Tokens metered.",
+                "# TYPE distillguard_tokens_total counter",
+            ]
+            for kind in ("prompt", "completion"):
+                lines.append(f'distillguard_tokens_total{{kind="{kind}"}} {self._tokens[kind]}')
+            lines += [
+                "# HELP distillguard_rate_limited_total Requests refused by a limit, by reason.",
+                "# TYPE distillguard_rate_limited_total counter",
+            ]
+            for reason, count in sorted(self._refusals.items()):
+                lines.append(f'distillguard_rate_limited_total{{reason="{reason}"}} {count}')
+            lines += [
+                "# HELP distillguard_request_seconds Time to answer a request (streams: last byte).",
+                "# TYPE distillguard_request_seconds histogram",
+            ]
+            for bound, count in zip(_BUCKETS, self._latency_counts, strict=True):
+                lines.append(f'distillguard_request_seconds_bucket{{le="{bound}"}} {count}')
+            lines.append(f'distillguard_request_seconds_bucket{{le="+Inf"}} {self._latency_total}')
+            lines.append(f"distillguard_request_seconds_sum {self._latency_sum}")
+            lines.append(f"distillguard_request_seconds_count {self._latency_total}")
+        return "\n".join(lines) + "\n"
