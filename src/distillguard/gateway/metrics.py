@@ -51,7 +51,7 @@ class Metrics:
     def render(self) -> str:
         with self._lock:
             lines = [
-                "# HELP distillguard_requests_total Requests answered, by endpoint, status, outcome.",
+                "# HELP distillguard_requests_total Requests by endpoint, status, outcome.",
                 "# TYPE distillguard_requests_total counter",
             ]
             for (endpoint, status, outcome), count in sorted(self._requests.items()):
@@ -70,7 +70,7 @@ class Metrics:
             for reason, count in sorted(self._refusals.items()):
                 lines.append(f'distillguard_rate_limited_total{{reason="{reason}"}} {count}')
             lines += [
-                "# HELP distillguard_request_seconds Time to answer a request (streams: last byte).",
+                "# HELP distillguard_request_seconds Seconds to answer (streams: last byte).",
                 "# TYPE distillguard_request_seconds histogram",
             ]
             for bound, count in zip(_BUCKETS, self._latency_counts, strict=True):
