@@ -372,7 +372,7 @@ def serve(
     names = ", ".join(server.gateway.model_names)
     click.echo(f"serving {names} on http://{host}:{port}/v1", err=True)
     try:
-        uvicorn.run(server.gateway.app, host=host, port=port, log_level="warning")
+        uvicorn.run(server.gateway.app, host=host, port=port, log_level="warning", access_log=False)
     finally:
         server.close()
 
