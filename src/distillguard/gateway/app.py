@@ -33,6 +33,7 @@ from distillguard.errors import ConfigError, ContextLengthError, DistillGuardErr
 from distillguard.gateway.apikeys import ApiKey, AuthenticationError, KeyStore
 from distillguard.gateway.audit import AuditLog, UsageRecord
 from distillguard.gateway.metrics import Metrics
+from distillguard.gateway.openapi import openapi_document
 from distillguard.gateway.protocol import (
     ApiError,
     ParsedRequest,
@@ -143,6 +144,7 @@ class Gateway:
                 Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
                 Route("/healthz", self.healthz, methods=["GET"]),
                 Route("/metrics", self.metrics_endpoint, methods=["GET"]),
+                Route("/openapi.json", self.openapi, methods=["GET"]),
             ],
             exception_handlers={HTTPException: self._http_error},
             lifespan=self._lifespan,
@@ -175,6 +177,9 @@ class Gateway:
 
     async def metrics_endpoint(self, request: Request) -> Response:
         return PlainTextResponse(self.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    async def openapi(self, request: Request) -> Response:
+        return JSONResponse(openapi_document(self.model_names))
 
     async def models(self, request: Request) -> Response:
         call = _Call(_request_id(), time.perf_counter(), "models")
