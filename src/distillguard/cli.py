@@ -323,6 +323,27 @@ def audit_verify(state: _State) -> None:
     )
 
 
+@audit.command("purge-text")
+@click.option("--older-than-days", type=float, required=True, help="Remove text older than this.")
+@click.pass_obj
+def audit_purge_text(state: _State, older_than_days: float) -> None:
+    """Apply a retention policy: drop prompt and output text older than N days.
+
+    Token counts, parameters and the audit chain stay; the chain still verifies, because it
+    holds the hashes of the removed text.
+    """
+    from datetime import UTC, datetime, timedelta
+
+    from distillguard.gateway.audit import purge_text
+    from distillguard.store import connect
+
+    cutoff = datetime.now(UTC) - timedelta(days=older_than_days)
+    stamp = cutoff.isoformat(timespec="microseconds").replace("+00:00", "Z")
+    with closing(connect(state.home)) as connection:
+        removed = purge_text(connection, stamp)
+    click.echo(f"removed the text of {removed} usage rows created before {stamp}")
+
+
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=8000, show_default=True)
@@ -331,6 +352,8 @@ def audit_verify(state: _State) -> None:
 @click.option(
     "--no-store-text", is_flag=True, help="Do not keep prompt and output text in the usage log."
 )
+@click.option("--tenant-rpm", type=int, default=None, help="Requests per minute per tenant.")
+@click.option("--tenant-tpm", type=int, default=None, help="Tokens per minute per tenant.")
 @click.option(
     "--upstream",
     default=None,
@@ -345,6 +368,8 @@ def serve(
     model_dir: Path | None,
     max_body_bytes: int,
     no_store_text: bool,
+    tenant_rpm: int | None,
+    tenant_tpm: int | None,
     upstream: str | None,
 ) -> None:
     """Run the OpenAI-compatible gateway (the embedded model unless --model or --upstream).
@@ -366,6 +391,7 @@ def serve(
         store_text=not no_store_text,
         upstream=upstream,
         upstream_api_key=os.environ.get("DISTILLGUARD_UPSTREAM_API_KEY"),
+        tenant_limits=_tenant_limits(tenant_rpm, tenant_tpm),
     )
     if server.demo_key is not None:
         click.echo(f"demo API key (tenant demo, shown once): {server.demo_key}")
@@ -651,6 +677,14 @@ def generate(
             f"p = {log10_to_text(detection.log10_p)}",
             err=True,
         )
+
+
+def _tenant_limits(rpm: int | None, tpm: int | None) -> Any:
+    if rpm is None and tpm is None:
+        return None
+    from distillguard.gateway.ratelimit import Limits
+
+    return Limits(rpm if rpm is not None else 10**9, tpm if tpm is not None else 10**12)
 
 
 def _read_documents(files: tuple[Path, ...]) -> tuple[list[str], list[str]]:

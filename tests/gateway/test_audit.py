@@ -89,3 +89,15 @@ def test_writes_continue_the_chain_after_a_restart(database: Path) -> None:
     log.close()
     result = verify_chain(connect(database))
     assert result.ok and result.records == 11
+
+
+def test_purged_text_keeps_the_chain_verifiable_but_not_forgeable(database: Path) -> None:
+    from distillguard.gateway.audit import purge_text
+
+    connection = connect(database)
+    assert purge_text(connection, "2026-11-30T00:00:05Z") == 5
+    assert verify_chain(connection).ok
+    with sqlite3.connect(database / "distillguard.db") as raw:
+        raw.execute("UPDATE usage SET completion_tokens = 1 WHERE request_id = 'req_0002'")
+    result = verify_chain(connect(database))
+    assert not result.ok and result.request_id == "req_0002"

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["AuditLog", "ChainVerification", "UsageRecord", "verify_chain"]
+__all__ = ["AuditLog", "ChainVerification", "UsageRecord", "purge_text", "verify_chain"]
 
 GENESIS = "0" * 64
 _USAGE_COLUMNS = (
@@ -70,13 +70,17 @@ class UsageRecord:
 
 def _record_json(row: dict[str, Any]) -> str:
     """The audited form of a usage row: everything, with the texts as their hashes."""
+    return json.dumps(_audited(row), sort_keys=True, separators=(",", ":"))
+
+
+def _audited(row: dict[str, Any]) -> dict[str, Any]:
     audited = {
         name: row[name] for name in _USAGE_COLUMNS if name not in ("prompt_text", "output_text")
     }
     audited["latency_ms"] = round(float(audited["latency_ms"]), 3)
     audited["prompt_sha256"] = hashlib.sha256(row["prompt_text"].encode()).hexdigest()
     audited["output_sha256"] = hashlib.sha256(row["output_text"].encode()).hexdigest()
-    return json.dumps(audited, sort_keys=True, separators=(",", ":"))
+    return audited
 
 
 def _chain(prev_hash: str, record: str) -> str:
@@ -210,9 +214,17 @@ def verify_chain(connection: sqlite3.Connection) -> ChainVerification:
         if usage is None:
             return ChainVerification(False, count, seq, request_id, "its usage row is missing")
         row = dict(zip(_USAGE_COLUMNS, usage, strict=True))
-        row["prompt_text"] = zlib.decompress(row["prompt_text"]).decode()
-        row["output_text"] = zlib.decompress(row["output_text"]).decode()
-        if _record_json(row) != record:
+        # Text removed by the retention policy (NULL) cannot be checked, but the record keeps its
+        # hash: text can be purged, never altered.
+        purged = row["prompt_text"] is None
+        row["prompt_text"] = "" if purged else zlib.decompress(row["prompt_text"]).decode()
+        row["output_text"] = "" if purged else zlib.decompress(row["output_text"]).decode()
+        expected = _audited(row)
+        if purged:
+            stored = json.loads(record)
+            expected["prompt_sha256"] = stored.get("prompt_sha256")
+            expected["output_sha256"] = stored.get("output_sha256")
+        if json.dumps(expected, sort_keys=True, separators=(",", ":")) != record:
             return ChainVerification(False, count, seq, request_id, "its usage row was changed")
         if stored_prev != prev_hash:
             return ChainVerification(
@@ -228,3 +240,18 @@ def verify_chain(connection: sqlite3.Connection) -> ChainVerification:
             )
         prev_hash = record_hash
     return ChainVerification(True, count)
+
+
+def purge_text(connection: sqlite3.Connection, before: str) -> int:
+    """Drop the prompt and output text of usage rows created before `before` (ISO 8601).
+
+    The rows, their token counts and their audit records stay; `verify_chain` still checks
+    everything but the removed text, whose hashes remain in the chain.
+    """
+    with connection:
+        cursor = connection.execute(
+            "UPDATE usage SET prompt_text = NULL, output_text = NULL "
+            "WHERE created_at < ? AND prompt_text IS NOT NULL",
+            (before,),
+        )
+    return cursor.rowcount
