@@ -173,13 +173,21 @@ class Gateway:
     # -- routes ------------------------------------------------------------------------------
 
     async def healthz(self, request: Request) -> Response:
-        return JSONResponse({"status": "ok", "model": self.model_name})
+        return JSONResponse(
+            {"status": "ok", "model": self.model_name}, headers={"x-request-id": _request_id()}
+        )
 
     async def metrics_endpoint(self, request: Request) -> Response:
-        return PlainTextResponse(self.metrics.render(), media_type="text/plain; version=0.0.4")
+        return PlainTextResponse(
+            self.metrics.render(),
+            media_type="text/plain; version=0.0.4",
+            headers={"x-request-id": _request_id()},
+        )
 
     async def openapi(self, request: Request) -> Response:
-        return JSONResponse(openapi_document(self.model_names))
+        return JSONResponse(
+            openapi_document(self.model_names), headers={"x-request-id": _request_id()}
+        )
 
     async def models(self, request: Request) -> Response:
         call = _Call(_request_id(), time.perf_counter(), "models")
