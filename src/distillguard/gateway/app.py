@@ -133,7 +133,7 @@ class Gateway:
         self.watermark_key_for = watermark_key_for
         self.limiter = limiter or MemoryRateLimiter()
         self.tenant_limits = tenant_limits
-        self.tiers = tiers or DEFAULT_TIERS
+        self.tiers = dict(tiers or DEFAULT_TIERS)  # a copy: per-gateway changes stay local
         self.metrics = Metrics()
         self.max_body_bytes = max_body_bytes
         self.store_text = store_text
