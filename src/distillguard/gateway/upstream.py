@@ -23,6 +23,8 @@ from typing import Any
 
 import aiohttp
 
+from distillguard.gateway.http1 import Http1Pool
+
 __all__ = ["Upstream", "UpstreamError", "UpstreamReply", "estimate_tokens"]
 
 
@@ -55,6 +57,9 @@ class Upstream:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._fast: Http1Pool | None = None
+        self._fast_loop: asyncio.AbstractEventLoop | None = None
+        self._timeout_seconds = timeout
 
     def _client(self) -> aiohttp.ClientSession:
         loop = asyncio.get_running_loop()
@@ -68,12 +73,30 @@ class Upstream:
             )
         return self._session
 
+    def _pool(self) -> Http1Pool | None:
+        """The fast HTTP/1.1 pool for plain-http upstreams (None for https: aiohttp does TLS)."""
+        if not self.base_url.startswith("http://"):
+            return None
+        loop = asyncio.get_running_loop()
+        if self._fast is None or self._fast_loop is not loop:
+            self._fast = Http1Pool(self.base_url, self._headers)
+            self._fast_loop = loop
+        return self._fast
+
     async def post(self, path: str, body: dict[str, Any]) -> UpstreamReply:
+        encoded = json.dumps(body, separators=(",", ":")).encode()
+        pool = self._pool()
         try:
-            async with self._client().post(self.base_url + path, json=body) as response:
-                raw = await response.read()
-                status = response.status
-        except (aiohttp.ClientError, TimeoutError) as exc:
+            if pool is not None:
+                response = await pool.post(path, encoded, timeout=self._timeout_seconds)
+                status, raw = response.status, response.body
+            else:
+                async with self._client().post(
+                    self.base_url + path, data=encoded, headers={"content-type": "application/json"}
+                ) as reply:
+                    raw = await reply.read()
+                    status = reply.status
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
             raise UpstreamError(type(exc).__name__) from None
         try:
             payload = json.loads(raw)
@@ -106,5 +129,7 @@ class Upstream:
             raise UpstreamError(type(exc).__name__) from None
 
     async def close(self) -> None:
+        if self._fast is not None:
+            self._fast.close()
         if self._session is not None:
             await self._session.close()
