@@ -238,11 +238,9 @@ class Gateway:
             if self.store_text:
                 call.prompt_text = self.engine.loaded.tokenizer.decode(list(prepared.prompt_ids))
             reserved = prepared.prompt_tokens + prepared.params.max_tokens * prepared.params.n
-            decision = self._admit(call.key, reserved)
-            if isinstance(decision, Refusal):
-                call.snapshot = decision.snapshot
-                return self._refuse(call, decision)
-            call.admission, call.snapshot = decision, decision.snapshot
+            refused = self._admit_call(call, call.key, reserved)
+            if refused is not None:
+                return refused
         except ApiError as error:
             self._record(call, error.status, "rejected")
             return self._error(call, error)
@@ -422,6 +420,15 @@ class Gateway:
             scopes.append(Scope(f"day:{key.key_id}", Limits(10**12, key.daily_tokens), window=DAY))
         return self.limiter.admit(tuple(scopes), reserved)
 
+    def _admit_call(self, call: _Call, key: ApiKey, reserved: int) -> Response | None:
+        """Admit the call (recording its admission), or return the 429 to answer with."""
+        decision = self._admit(key, reserved)
+        if isinstance(decision, Refusal):
+            call.snapshot = decision.snapshot
+            return self._refuse(call, decision)
+        call.admission, call.snapshot = decision, decision.snapshot
+        return None
+
     def _refuse(self, call: _Call, refusal: Refusal) -> Response:
         retry = max(refusal.retry_after, 0.001)
         if refusal.reason == "concurrency":
@@ -560,11 +567,10 @@ class Gateway:
             )
             call.prompt_text = prompt if isinstance(prompt, str) else json.dumps(prompt)
             call.max_tokens = parsed.max_tokens or self.upstream_max_tokens
-            decision = self._admit(call.key, call.prompt_tokens + call.max_tokens * parsed.n)
-            if isinstance(decision, Refusal):
-                call.snapshot = decision.snapshot
-                return self._refuse(call, decision)
-            call.admission, call.snapshot = decision, decision.snapshot
+            reserved = call.prompt_tokens + call.max_tokens * parsed.n
+            refused = self._admit_call(call, call.key, reserved)
+            if refused is not None:
+                return refused
         except ApiError as error:
             self._record(call, error.status, "rejected")
             return self._error(call, error)
