@@ -162,13 +162,22 @@ class Attribution:
 
 @dataclass(frozen=True)
 class _Tuples:
-    """Unique scored tuples of a call and, per document, which of them it contains."""
+    """Unique scored tuples of a call (for the total) and, when several documents need their
+    own tables, the distinct tuples of each document."""
 
     digests: npt.NDArray[np.uint32]
     candidates: npt.NDArray[np.uint32]
     document_lengths: npt.NDArray[np.int64]
-    pair_documents: npt.NDArray[np.int64] | None  # per (document, tuple) pair, or None if one doc
-    pair_tuples: npt.NDArray[np.int64] | None
+    positions: _Positions | None = None
+
+
+@dataclass(frozen=True)
+class _Positions:
+    """The tuples each document scores: one entry per distinct (document, tuple) pair."""
+
+    digests: npt.NDArray[np.uint32]
+    candidates: npt.NDArray[np.uint32]
+    documents: npt.NDArray[np.int64]
 
 
 class Detector:
@@ -337,20 +346,30 @@ class Detector:
         packed = _pack(digests, candidates)
         if not per_document or len(arrays) == 1:
             unique = _sorted_unique(np.sort(packed))
-            return _Tuples(*_unpack(unique), lengths, None, None)
+            return _Tuples(*_unpack(unique), lengths)
 
-        order = np.argsort(packed)
-        sorted_packed = packed[order]
-        is_first = _first_of_runs(sorted_packed)
-        unique = sorted_packed[is_first]
-        inverse = np.empty(packed.size, dtype=np.int64)
-        inverse[order] = np.cumsum(is_first) - 1
         document_ids = np.repeat(np.arange(len(arrays), dtype=np.int64), lengths)[lookback:][
             scored_mask
         ]
+        sorted_packed = np.sort(packed)
+        unique = _sorted_unique(sorted_packed)
+        if unique.size == packed.size:
+            # No tuple occurs twice in the whole call, so none does within a document: each
+            # document scores all its positions, and no argsort is needed.
+            positions = _Positions(digests, candidates, document_ids)
+            return _Tuples(*_unpack(unique), lengths, positions)
+        # Repeats: deduplicate (document, tuple) pairs through each tuple's rank.
+        order = np.argsort(packed)
+        is_first = _first_of_runs(packed[order])
+        inverse = np.empty(packed.size, dtype=np.int64)
+        inverse[order] = np.cumsum(is_first) - 1
         pairs = _sorted_unique(np.sort(document_ids * unique.size + inverse))
-        pair_documents, pair_tuples = np.divmod(pairs, max(unique.size, 1))
-        return _Tuples(*_unpack(unique), lengths, pair_documents, pair_tuples)
+        pair_documents, pair_tuples = np.divmod(pairs, unique.size)
+        unique_digests, unique_candidates = _unpack(unique)
+        positions = _Positions(
+            unique_digests[pair_tuples], unique_candidates[pair_tuples], pair_documents
+        )
+        return _Tuples(unique_digests, unique_candidates, lengths, positions)
 
     def _score(
         self, tuples: _Tuples, keys: list[WatermarkKey], *, per_document: bool = True
@@ -364,30 +383,34 @@ class Detector:
                 f"({config.context_width} tokens) or entirely prompt"
             )
         words = key_word_array(keys)
-        chunk = max(1, _CELLS_PER_CHUNK // scored_total)
+        positions = tuples.positions if per_document else None
+        cells = max(scored_total, positions.candidates.size if positions is not None else 0)
+        chunk = max(1, _CELLS_PER_CHUNK // cells)
         totals: list[Detection] = []
         per_document_lists: list[list[Detection]] = [[] for _ in range(document_count)]
-        if tuples.pair_documents is not None:
-            scored_per_document = np.bincount(tuples.pair_documents, minlength=document_count)
-        else:
-            scored_per_document = np.array([scored_total])
+        if positions is not None:
+            scored_per_document = np.bincount(positions.documents, minlength=document_count)
 
         for first in range(0, len(keys), chunk):
             block = words[first : first + chunk, None, :]  # (K, 1, 4) against (N,)
-            uniforms = hashing.keyed_uniform(block, tuples.digests, tuples.candidates)
-            values = self._token_scores(uniforms)  # (K, N)
+            values = self._token_scores(
+                hashing.keyed_uniform(block, tuples.digests, tuples.candidates)
+            )  # (K, unique tuples)
             sums = values.sum(axis=1, dtype=np.float64)
+            position_values = None
+            if positions is not None:
+                position_values = self._token_scores(
+                    hashing.keyed_uniform(block, positions.digests, positions.candidates)
+                )  # (K, scored positions)
             for offset, key in enumerate(keys[first : first + chunk]):
                 totals.append(self._detection(key, scored_total, float(sums[offset])))
                 if not per_document:
                     continue
-                if tuples.pair_documents is None or tuples.pair_tuples is None:
+                if positions is None or position_values is None:
                     per_document_lists[0].append(totals[-1])
                     continue
                 document_sums = np.bincount(
-                    tuples.pair_documents,
-                    weights=values[offset][tuples.pair_tuples],
-                    minlength=document_count,
+                    positions.documents, weights=position_values[offset], minlength=document_count
                 )
                 for index in range(document_count):
                     per_document_lists[index].append(
