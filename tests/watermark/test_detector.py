@@ -114,3 +114,24 @@ def test_p_values_print_far_below_float_range() -> None:
     assert log10_to_text(-1034.92) == "1.20e-1035"
     assert log10_to_text(0.0) == "1"
     assert log10_to_text(-1.0) == "0.1000"
+
+
+@pytest.mark.parametrize("repeats", [False, True])
+def test_each_document_row_equals_detecting_that_document_alone(repeats: bool) -> None:
+    # both per-document paths (no repeated tuple in the call / repeats) against the oracle
+    rng = np.random.default_rng(21 if repeats else 22)
+    vocab = 12 if repeats else 50_000
+    documents = [rng.integers(0, vocab, size=int(rng.integers(1, 120))) for _ in range(40)]
+    if repeats:
+        documents += [documents[2], np.tile(documents[3][:6], 9)]
+    detector = Detector(SchemeConfig().bind(vocab))
+    keys = [key("a", 1), key("b", 2)]
+    together = detector.detect(documents, keys)
+    for index, document in enumerate(documents):
+        if document.size <= 4:
+            assert all(d.scored_tokens == 0 for d in together.documents[index].detections)
+            continue
+        alone = detector.detect([document], keys).total
+        assert [d.to_dict() for d in together.documents[index].detections] == [
+            d.to_dict() for d in alone
+        ]
