@@ -31,44 +31,31 @@ def mock_upstream_app() -> Starlette:
             }
         )
 
-    async def chat(request: Request) -> Response:
+    async def answer(request: Request, *, chat: bool) -> Response:
         body = await request.json()
         if body.get("stream"):
-            return StreamingResponse(_chunks(body, chat=True), media_type="text/event-stream")
+            return StreamingResponse(_chunks(body, chat=chat), media_type="text/event-stream")
+        choice: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": "stop"}
+        if chat:
+            choice["message"] = {"role": "assistant", "content": MOCK_TEXT}
+        else:
+            choice["text"] = MOCK_TEXT
         return JSONResponse(
             {
-                "id": "chatcmpl-mock",
-                "object": "chat.completion",
+                "id": "chatcmpl-mock" if chat else "cmpl-mock",
+                "object": "chat.completion" if chat else "text_completion",
                 "created": 0,
                 "model": MOCK_MODEL,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": MOCK_TEXT},
-                        "logprobs": None,
-                        "finish_reason": "stop",
-                    }
-                ],
+                "choices": [choice],
                 "usage": _USAGE,
             }
         )
 
+    async def chat(request: Request) -> Response:
+        return await answer(request, chat=True)
+
     async def completions(request: Request) -> Response:
-        body = await request.json()
-        if body.get("stream"):
-            return StreamingResponse(_chunks(body, chat=False), media_type="text/event-stream")
-        return JSONResponse(
-            {
-                "id": "cmpl-mock",
-                "object": "text_completion",
-                "created": 0,
-                "model": MOCK_MODEL,
-                "choices": [
-                    {"index": 0, "text": MOCK_TEXT, "logprobs": None, "finish_reason": "stop"}
-                ],
-                "usage": _USAGE,
-            }
-        )
+        return await answer(request, chat=False)
 
     return Starlette(
         routes=[

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from distillguard.engine.params import Choice, Completion, SamplingParams, TokenEvent, TokenLogprob
+from distillguard.engine.params import Completion, SamplingParams, TokenEvent, TokenLogprob
 from distillguard.errors import InputError
 
 __all__ = [
@@ -276,19 +276,18 @@ def chat_response(request_id: str, model: str, completion: Completion) -> dict[s
     }
 
 
-def _legacy_logprobs(choice: Choice) -> dict[str, Any] | None:
-    if choice.logprobs is None:
+def _legacy_logprobs(entries: tuple[TokenLogprob, ...] | None) -> dict[str, Any] | None:
+    """Legacy completions logprobs: tokens, token_logprobs, top_logprobs, text_offset."""
+    if entries is None:
         return None
     offsets, position = [], 0
-    for entry in choice.logprobs:
+    for entry in entries:
         offsets.append(position)
         position += len(entry.token)
     return {
-        "tokens": [entry.token for entry in choice.logprobs],
-        "token_logprobs": [entry.logprob for entry in choice.logprobs],
-        "top_logprobs": [
-            {text: value for _, text, value in entry.top} for entry in choice.logprobs
-        ],
+        "tokens": [entry.token for entry in entries],
+        "token_logprobs": [entry.logprob for entry in entries],
+        "top_logprobs": [{text: value for _, text, value in entry.top} for entry in entries],
         "text_offset": offsets,
     }
 
@@ -304,7 +303,7 @@ def completion_response(request_id: str, model: str, completion: Completion) -> 
             {
                 "index": choice.index,
                 "text": choice.text,
-                "logprobs": _legacy_logprobs(choice),
+                "logprobs": _legacy_logprobs(choice.logprobs),
                 "finish_reason": choice.finish_reason,
             }
             for choice in completion.choices
@@ -366,14 +365,7 @@ def completion_chunk(
 ) -> str:
     choices: list[dict[str, Any]] = []
     if event is not None:
-        logprobs = None
-        if event.logprob is not None:
-            logprobs = {
-                "tokens": [event.logprob.token],
-                "token_logprobs": [event.logprob.logprob],
-                "top_logprobs": [{text: value for _, text, value in event.logprob.top}],
-                "text_offset": [0],
-            }
+        logprobs = _legacy_logprobs((event.logprob,) if event.logprob is not None else None)
         choices = [
             {
                 "index": event.choice,
