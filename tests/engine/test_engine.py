@@ -200,3 +200,10 @@ def test_empty_prompt_starts_from_the_start_token(engine: Engine) -> None:
     prepared = engine.prepare(GenerationRequest("", SamplingParams(max_tokens=3)))
     assert prepared.prompt_tokens == 1
     assert np.all(np.array(prepared.prompt_ids) >= 0)
+
+
+def test_any_integer_seed_is_accepted_and_reproducible(engine: Engine) -> None:
+    # found by schemathesis: a negative seed used to fail generation
+    for seed in (-1, -(2**70), 2**70):
+        first = engine.generate_sync(request(max_tokens=6, seed=seed)).choices[0].token_ids
+        assert first == engine.generate_sync(request(max_tokens=6, seed=seed)).choices[0].token_ids

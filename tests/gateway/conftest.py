@@ -102,16 +102,19 @@ def run_app(app: object) -> tuple[object, threading.Thread, str]:
     """Serve an ASGI app with uvicorn on a free port in a thread; (server, thread, base URL)."""
     import uvicorn
 
+    # uvicorn gets the bound socket itself: no window for another process to take the port
     sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    sock.close()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.02)
+    if not server.started:
+        raise RuntimeError("uvicorn did not start within 10 s")
     return server, thread, f"http://127.0.0.1:{port}/v1"
 
 

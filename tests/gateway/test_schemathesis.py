@@ -37,8 +37,14 @@ def test_no_input_makes_the_gateway_answer_5xx(fuzzed: Harness) -> None:
     for operation in operations:
 
         @given(case=operation.as_strategy())
+        # derandomized: CI sees the same cases every run (a failure reproduces); a run with
+        # random seeds found the negative-seed bug fixed in the engine
         @settings(
-            max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), database=None
+            max_examples=60,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+            database=None,
+            derandomize=True,
         )
         def check(case) -> None:  # type: ignore[no-untyped-def]
             case.headers["authorization"] = f"Bearer {fuzzed.keys['acme']}"

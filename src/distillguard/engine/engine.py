@@ -298,7 +298,8 @@ class Engine:
         for job in jobs:
             params = job.prepared.params
             for choice in range(params.n):
-                seed = [params.seed, choice] if params.seed is not None else None
+                # any integer seed (OpenAI allows negatives) maps to a 64-bit entropy word
+                seed = [params.seed % (1 << 64), choice] if params.seed is not None else None
                 rows.append(_Row(job, choice, np.random.default_rng(seed)))
         prompts = [row.job.prepared.prompt_ids for row in rows]
         width = max(len(prompt) for prompt in prompts)
