@@ -11,13 +11,14 @@ errors use OpenAI's body `{"error": {"message", "type", "param", "code"}}`.
 from __future__ import annotations
 
 import contextlib
+import hmac
 import json
 import logging
 import math
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -55,6 +56,8 @@ from distillguard.gateway.ratelimit import (
     format_duration,
 )
 from distillguard.gateway.upstream import Upstream, UpstreamError, estimate_tokens
+from distillguard.monitor.events import MonitorEvent, MonitorHook
+from distillguard.monitor.monitor import Monitor
 from distillguard.watermark.key import WatermarkKey
 
 __all__ = ["Gateway", "Tier"]
@@ -66,18 +69,26 @@ DAY = 86_400.0
 
 @dataclass(frozen=True)
 class Tier:
-    """What a key's tier allows; the monitor moves keys between tiers."""
+    """What a key's tier allows; the harvest monitor moves keys up the tiers.
+
+    `rate_factor` scales the key's requests and tokens per minute; `block` refuses every
+    request with 403. A tier that only watches keeps serving while evidence accumulates.
+    """
 
     max_n: int = 8
     max_top_logprobs: int = 20
     max_tokens: int | None = None
+    rate_factor: float = 1.0
+    block: bool = False
 
 
 DEFAULT_TIERS = {
     "normal": Tier(),
     "watch": Tier(max_n=4, max_top_logprobs=5),
-    "throttle": Tier(max_n=1, max_top_logprobs=0, max_tokens=256),
+    "throttle": Tier(max_n=1, max_top_logprobs=0, max_tokens=256, rate_factor=0.25),
+    "block": Tier(block=True),
 }
+TIER_RANK = {"normal": 0, "watch": 1, "throttle": 2, "block": 3}
 
 
 @dataclass
@@ -120,6 +131,9 @@ class Gateway:
         upstream: Upstream | None = None,
         upstream_models: tuple[str, ...] = (),
         upstream_max_tokens: int = 4096,
+        monitor: MonitorHook | None = None,
+        admin_token: str | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if (engine is None) == (upstream is None):
             raise ConfigError("the gateway serves either a local engine or an upstream, not both")
@@ -137,6 +151,11 @@ class Gateway:
         self.metrics = Metrics()
         self.max_body_bytes = max_body_bytes
         self.store_text = store_text
+        self.monitor = monitor
+        self.admin_token = admin_token
+        self.clock = clock
+        self.monitor_seconds = 0.0  # time the request path spent handing events to the monitor
+        self.monitor_calls = 0
         self.app = Starlette(
             routes=[
                 Route("/v1/models", self.models, methods=["GET"]),
@@ -145,6 +164,11 @@ class Gateway:
                 Route("/healthz", self.healthz, methods=["GET"]),
                 Route("/metrics", self.metrics_endpoint, methods=["GET"]),
                 Route("/openapi.json", self.openapi, methods=["GET"]),
+                Route("/v1/admin/accounts", self.admin_accounts, methods=["GET"]),
+                Route("/v1/admin/rings", self.admin_rings, methods=["GET"]),
+                Route(
+                    "/v1/admin/accounts/{account}/tier", self.admin_set_tier, methods=["POST"]
+                ),
             ],
             exception_handlers={HTTPException: self._http_error},
             lifespan=self._lifespan,
@@ -183,6 +207,67 @@ class Gateway:
             media_type="text/plain; version=0.0.4",
             headers={"x-request-id": _request_id()},
         )
+
+    # -- the admin API: the monitor's view, and operators' tier decisions ------------------------
+
+    def _admin(self, request: Request) -> Monitor | JSONResponse:
+        """The monitor, when the request carries the admin token; else the error to answer."""
+        if self.admin_token is None:
+            return JSONResponse(
+                error_body(
+                    ApiError(
+                        403,
+                        "the admin API is disabled; set DISTILLGUARD_ADMIN_TOKEN to enable it",
+                        kind="permission_denied",
+                    )
+                ),
+                status_code=403,
+            )
+        header = request.headers.get("authorization", "")
+        presented = header[7:].strip() if header.lower().startswith("bearer ") else ""
+        if not hmac.compare_digest(presented.encode(), self.admin_token.encode()):
+            return JSONResponse(
+                error_body(ApiError(401, "Incorrect admin token", code="invalid_api_key")),
+                status_code=401,
+            )
+        if not isinstance(self.monitor, Monitor):
+            return JSONResponse(
+                error_body(ApiError(404, "the harvest monitor is off", code="monitor_off")),
+                status_code=404,
+            )
+        return self.monitor
+
+    async def admin_accounts(self, request: Request) -> Response:
+        monitor = self._admin(request)
+        if isinstance(monitor, JSONResponse):
+            return monitor
+        tier = request.query_params.get("tier")
+        accounts = [asdict(a) for a in monitor.accounts() if tier is None or a.tier == tier]
+        return JSONResponse({"object": "list", "data": accounts})
+
+    async def admin_rings(self, request: Request) -> Response:
+        monitor = self._admin(request)
+        if isinstance(monitor, JSONResponse):
+            return monitor
+        return JSONResponse({"object": "list", "data": [asdict(r) for r in monitor.rings()]})
+
+    async def admin_set_tier(self, request: Request) -> Response:
+        monitor = self._admin(request)
+        if isinstance(monitor, JSONResponse):
+            return monitor
+        try:
+            body = await request.json()
+        except (ValueError, UnicodeDecodeError):
+            body = None
+        tier = body.get("tier") if isinstance(body, dict) else None
+        if tier not in TIER_RANK:
+            error = ApiError(
+                400, f"'tier' must be one of: {', '.join(TIER_RANK)}", param="tier"
+            )
+            return JSONResponse(error_body(error), status_code=400)
+        account = request.path_params["account"]
+        monitor.set_tier(account, tier)
+        return JSONResponse({"account": account, "tier": tier, "pinned": True})
 
     async def openapi(self, request: Request) -> Response:
         return JSONResponse(
@@ -358,8 +443,25 @@ class Gateway:
             ) from None
         return str(rendered)
 
+    def _tier_name(self, key: ApiKey) -> str:
+        """The key's configured tier, or the monitor's for it when that one is higher."""
+        if self.monitor is None:
+            return key.tier
+        started = time.perf_counter()
+        watched = self.monitor.tier_of(key.key_id)
+        self.monitor_seconds += time.perf_counter() - started
+        return watched if TIER_RANK.get(watched, 0) > TIER_RANK.get(key.tier, 0) else key.tier
+
     def _check_tier(self, key: ApiKey, parsed: ParsedRequest) -> Tier:
-        tier = self.tiers.get(key.tier, Tier())
+        tier = self.tiers.get(self._tier_name(key), Tier())
+        if tier.block:
+            raise ApiError(
+                403,
+                "This key is blocked: its traffic matches harvesting of model outputs. "
+                "Contact the provider to review it.",
+                kind="permission_denied",
+                code="account_blocked",
+            )
         if parsed.n > tier.max_n:
             raise ApiError(400, f"n is limited to {tier.max_n} for this key", param="n")
         if parsed.top_logprobs > tier.max_top_logprobs:
@@ -467,6 +569,26 @@ class Gateway:
         if call.key is None:
             return  # unauthenticated requests are counted, not metered per tenant
         parsed = call.parsed
+        if self.monitor is not None and parsed is not None:
+            started = time.perf_counter()
+            self.monitor.observe(
+                MonitorEvent(
+                    time=self.clock(),
+                    account=call.key.key_id,
+                    tenant=call.key.tenant,
+                    prompt=parsed.last_user,
+                    turns=parsed.turns,
+                    prompt_tokens=prompt_tokens,
+                    completion_tokens=call.completion_tokens,
+                    max_tokens=parsed.max_tokens,
+                    max_tokens_cap=self._max_tokens_cap(),
+                    n=parsed.n,
+                    logprobs=parsed.logprobs,
+                    status=status,
+                )
+            )
+            self.monitor_seconds += time.perf_counter() - started
+            self.monitor_calls += 1
         parameters: dict[str, Any] = {}
         if parsed is not None:
             parameters = {
@@ -509,6 +631,11 @@ class Gateway:
             )
         )
 
+    def _max_tokens_cap(self) -> int:
+        if self._engine is not None:
+            return self._engine.context_length
+        return self.upstream_max_tokens
+
     def _headers(self, call: _Call) -> dict[str, str]:
         headers = {"x-request-id": call.request_id}
         snapshot = call.snapshot
@@ -539,7 +666,14 @@ class Gateway:
         return snapshot(self._key_scope(key))  # type: ignore[no-any-return]
 
     def _key_scope(self, key: ApiKey) -> Scope:
-        return Scope(f"key:{key.key_id}", Limits(key.rpm, key.tpm, key.concurrency), self.minute)
+        factor = self.tiers.get(self._tier_name(key), Tier()).rate_factor
+        if factor == 1.0:
+            limits = Limits(key.rpm, key.tpm, key.concurrency)
+        else:
+            limits = Limits(
+                max(1, int(key.rpm * factor)), max(1, int(key.tpm * factor)), key.concurrency
+            )
+        return Scope(f"key:{key.key_id}", limits, self.minute)
 
     # -- upstream mode -------------------------------------------------------------------------
 

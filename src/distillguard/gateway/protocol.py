@@ -71,6 +71,8 @@ class ParsedRequest:
     include_usage: bool
     user: str | None
     chat: bool
+    turns: int = 1  # user messages in a chat request (1 for completions): the monitor reads it
+    last_user: str = ""  # the last user message, or the prompt text; what the monitor reads
 
     def params(self, max_tokens: int) -> SamplingParams:
         try:
@@ -160,7 +162,10 @@ def parse_body(body: dict[str, Any], *, chat: bool, render_chat: Any) -> ParsedR
     if not model:
         raise ApiError(400, "'model' is required", param="model")
     if chat:
-        prompt: str | list[int] = render_chat(_messages_text(body.get("messages")))
+        messages = _messages_text(body.get("messages"))
+        prompt: str | list[int] = render_chat(messages)
+        user_messages = [m["content"] for m in messages if m["role"] == "user"]
+        turns, last_user = len(user_messages), (user_messages[-1] if user_messages else "")
     else:
         raw = body.get("prompt")
         if isinstance(raw, list) and len(raw) == 1 and isinstance(raw[0], str):
@@ -177,6 +182,7 @@ def parse_body(body: dict[str, Any], *, chat: bool, render_chat: Any) -> ParsedR
             raise ApiError(
                 400, "'prompt' must be a string or an array of token ids", param="prompt"
             )
+        turns, last_user = 1, prompt if isinstance(prompt, str) else ""
     max_tokens = _field(body, "max_completion_tokens", int) if chat else None
     if max_tokens is None:
         max_tokens = _field(body, "max_tokens", int, None if chat else 16)
@@ -213,6 +219,8 @@ def parse_body(body: dict[str, Any], *, chat: bool, render_chat: Any) -> ParsedR
         include_usage=bool(stream_options.get("include_usage", False)),
         user=_field(body, "safety_identifier", str) or _field(body, "user", str),
         chat=chat,
+        turns=turns,
+        last_user=last_user,
     )
     parsed.params(max_tokens if max_tokens is not None else 1)  # validate ranges now
     return parsed

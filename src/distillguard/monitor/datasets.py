@@ -1,0 +1,131 @@
+"""Prompt sets for the traffic simulator, read at run time from files (never shipped).
+
+`load_prompts` reads one file whatever its shape: plain text (one prompt a line), JSONL (a
+string a line, or objects with a `prompt`, `question`, `instruction` or `text` field; for
+self-instruct seed tasks the first instance's input is appended), or CSV with a `prompt`
+column (rows whose `type` column is not TEXT are skipped, as awesome-chatgpt-prompts wants).
+`PromptSources.from_dir` names the four files of the project's data folder (SOURCES.md).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from distillguard.errors import ConfigError
+
+__all__ = ["SOURCE_FILES", "PromptSources", "fold_of", "load_prompts"]
+
+SOURCE_FILES = {
+    "open-assistant": "LAION-AI_Open-Assistant__prompt_lottery_en_250_text.jsonl",
+    "awesome-chatgpt": "f_awesome-chatgpt-prompts__prompts.csv",
+    "gsm8k": "openai_grade-school-math__test.jsonl",
+    "self-instruct": "yizhongw_self-instruct__seed_tasks.jsonl",
+}
+BENIGN_SOURCES = ("open-assistant", "awesome-chatgpt")
+HARVEST_SOURCES = ("gsm8k", "self-instruct")
+_FIELDS = ("prompt", "question", "instruction", "text", "content", "query")
+
+
+def fold_of(text: str, folds: int = 2) -> int:
+    """A prompt's fold, fixed by its content (SHA-256), the same on every machine."""
+    return hashlib.sha256(text.encode()).digest()[0] % folds
+
+
+def _from_object(item: object) -> str | None:
+    if isinstance(item, str):
+        return item
+    if not isinstance(item, dict):
+        return None
+    for name in _FIELDS:
+        value = item.get(name)
+        if isinstance(value, str) and value.strip():
+            instances = item.get("instances")
+            if isinstance(instances, list) and instances and isinstance(instances[0], dict):
+                extra = instances[0].get("input")
+                if isinstance(extra, str) and extra.strip():
+                    return f"{value}\n\n{extra}"
+            return value
+    return None
+
+
+def load_prompts(path: Path) -> list[str]:
+    """The prompts in one file, stripped, empty ones and exact duplicates dropped, in order."""
+    try:
+        raw = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read prompt file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"prompt file {path} is not UTF-8 text") from None
+    suffix = Path(path).suffix.lower()
+    prompts: list[str] = []
+    if suffix in (".jsonl", ".ndjson"):
+        for number, line in enumerate(raw.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                text = _from_object(json.loads(line))
+            except json.JSONDecodeError:
+                raise ConfigError(f"{path}:{number}: not a JSON line") from None
+            if text is not None:
+                prompts.append(text)
+    elif suffix == ".csv":
+        csv.field_size_limit(1 << 24)  # some prompts are longer than csv's 128 KiB default
+        reader = csv.DictReader(io.StringIO(raw, newline=""))
+        if reader.fieldnames is None or "prompt" not in reader.fieldnames:
+            raise ConfigError(f"{path}: a CSV prompt file needs a 'prompt' column")
+        for row in reader:
+            if row.get("type") not in (None, "", "TEXT"):
+                continue
+            prompts.append(row["prompt"] or "")
+        # a prompt over 20,000 characters is a document, not a chat prompt: keep its start
+        prompts = [p[:20_000] for p in prompts]
+    else:
+        prompts = raw.splitlines()
+    seen: set[str] = set()
+    unique = []
+    for prompt in (p.strip() for p in prompts):
+        if prompt and prompt not in seen:
+            seen.add(prompt)
+            unique.append(prompt)
+    if not unique:
+        raise ConfigError(f"no prompts in {path}")
+    return unique
+
+
+@dataclass(frozen=True)
+class PromptSources:
+    """Named prompt lists: what benign users send and what harvesters sweep."""
+
+    benign: dict[str, list[str]]
+    harvest: dict[str, list[str]]
+
+    @classmethod
+    def from_dir(cls, data_dir: Path) -> PromptSources:
+        data_dir = Path(data_dir)
+        if not data_dir.is_dir():
+            raise ConfigError(f"data folder {data_dir} does not exist")
+        loaded = {name: load_prompts(data_dir / file) for name, file in SOURCE_FILES.items()}
+        return cls(
+            benign={name: loaded[name] for name in BENIGN_SOURCES},
+            harvest={name: loaded[name] for name in HARVEST_SOURCES},
+        )
+
+    def select(
+        self, benign: tuple[str, ...], harvest: tuple[str, ...], fold: int | None = None
+    ) -> tuple[list[str], list[str]]:
+        """The benign and harvest prompts of the named sources, of one fold or all."""
+
+        def pick(pool: dict[str, list[str]], names: tuple[str, ...]) -> list[str]:
+            chosen = []
+            for name in names:
+                if name not in pool:
+                    raise ConfigError(f"unknown prompt source {name!r}; have {sorted(pool)}")
+                chosen += [p for p in pool[name] if fold is None or fold_of(p) == fold]
+            return chosen
+
+        return pick(self.benign, benign), pick(self.harvest, harvest)

@@ -1,0 +1,168 @@
+"""The risk model: a logistic score in [0, 1] over the standardized signals, its tier
+thresholds, and the reasons behind a score in words.
+
+Weights and thresholds are fitted (`fit_risk_model`) on simulated traffic from one fold of the
+prompt sources and evaluated on another (benchmarks/monitor.py). The shipped
+`default_risk_model.json` is such a fit; `distillguard serve --policy` can point at another.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from distillguard.errors import ConfigError
+from distillguard.monitor.features import FEATURES, describe
+
+__all__ = ["TIERS", "RiskModel", "fit_logistic"]
+
+TIERS = ("normal", "watch", "throttle", "block")
+DEFAULT_MODEL_FILE = "default_risk_model.json"
+
+
+@dataclass(frozen=True)
+class RiskModel:
+    features: tuple[str, ...]
+    weights: tuple[float, ...]
+    bias: float
+    means: tuple[float, ...]
+    scales: tuple[float, ...]
+    watch: float  # score thresholds of the tiers
+    flag: float  # "throttle": the tier the evaluation counts as flagged
+    block: float
+    min_requests: int = 10  # no tier above normal before this many requests
+    block_min_requests: int = 200
+    fitted_on: str = ""
+
+    def __post_init__(self) -> None:
+        names = tuple(signal.name for signal in FEATURES)
+        if self.features != names:
+            raise ConfigError(
+                f"risk model is for signals {list(self.features)}, this version computes "
+                f"{list(names)}; refit it (benchmarks/monitor.py --write-model)"
+            )
+        if not 0.0 <= self.watch <= self.flag <= self.block <= 1.0:
+            raise ConfigError("risk model thresholds must satisfy 0 <= watch <= flag <= block <= 1")
+
+    def logit(self, signals: NDArray[np.float64]) -> float:
+        standardized = (signals - np.asarray(self.means)) / np.asarray(self.scales)
+        return float(standardized @ np.asarray(self.weights)) + self.bias
+
+    def score(self, signals: NDArray[np.float64]) -> float:
+        return _sigmoid(self.logit(signals))
+
+    def scores(self, signals: NDArray[np.float64]) -> NDArray[np.float64]:
+        """Scores of many signal rows at once; shape (rows,)."""
+        standardized = (signals - np.asarray(self.means)) / np.asarray(self.scales)
+        logits = standardized @ np.asarray(self.weights) + self.bias
+        return 1.0 / (1.0 + np.exp(-np.clip(logits, -60, 60)))
+
+    def tier(self, score: float, requests: int) -> str:
+        if requests < self.min_requests:
+            return "normal"
+        if score >= self.block and requests >= self.block_min_requests:
+            return "block"
+        if score >= self.flag:
+            return "throttle"
+        if score >= self.watch:
+            return "watch"
+        return "normal"
+
+    def reasons(self, signals: NDArray[np.float64], top: int = 3) -> list[str]:
+        """The signals that push this score up most, against an ordinary account, in words."""
+        weights = np.asarray(self.weights)
+        scales = np.asarray(self.scales)
+        priors = np.asarray([signal.prior for signal in FEATURES])
+        contributions = weights * (signals - priors) / scales
+        order = np.argsort(-contributions)
+        return [
+            describe(FEATURES[i].name, float(signals[i]))
+            for i in order[:top]
+            if contributions[i] > 0.25
+        ]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> RiskModel:
+        try:
+            data = json.loads(text)
+            return cls(
+                features=tuple(data["features"]),
+                weights=tuple(float(w) for w in data["weights"]),
+                bias=float(data["bias"]),
+                means=tuple(float(m) for m in data["means"]),
+                scales=tuple(float(s) for s in data["scales"]),
+                watch=float(data["watch"]),
+                flag=float(data["flag"]),
+                block=float(data["block"]),
+                min_requests=int(data.get("min_requests", 10)),
+                block_min_requests=int(data.get("block_min_requests", 200)),
+                fitted_on=str(data.get("fitted_on", "")),
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"not a risk model file: {exc}") from None
+
+    @classmethod
+    def load(cls, path: Path | None = None) -> RiskModel:
+        """The model in `path`, or the shipped default."""
+        if path is None:
+            text = resources.files("distillguard.monitor").joinpath(DEFAULT_MODEL_FILE)
+            return cls.from_json(text.read_text())
+        try:
+            return cls.from_json(Path(path).read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read risk model {path}: {exc.strerror}") from None
+
+    def with_thresholds(self, **thresholds: float | int) -> RiskModel:
+        data = asdict(self) | thresholds
+        data["features"] = tuple(data["features"])
+        return RiskModel(**data)
+
+
+def _sigmoid(value: float) -> float:
+    if value >= 0:
+        return 1.0 / (1.0 + math.exp(-value))
+    exp = math.exp(value)
+    return exp / (1.0 + exp)
+
+
+def fit_logistic(
+    signals: NDArray[np.float64],
+    labels: NDArray[np.float64],
+    sample_weights: NDArray[np.float64],
+    *,
+    l2: float = 1.0,
+    iterations: int = 50,
+) -> tuple[NDArray[np.float64], float, NDArray[np.float64], NDArray[np.float64]]:
+    """L2-regularized logistic regression by Newton's method (IRLS) on standardized signals.
+
+    Returns (weights, bias, means, scales). Rows are weighted so that every account counts the
+    same however many snapshots it contributes.
+    """
+    means = np.average(signals, axis=0, weights=sample_weights)
+    scales = np.sqrt(np.average((signals - means) ** 2, axis=0, weights=sample_weights))
+    scales = np.where(scales > 1e-9, scales, 1.0)
+    design = np.hstack([(signals - means) / scales, np.ones((len(signals), 1))])
+    theta = np.zeros(design.shape[1])
+    penalty = np.full(design.shape[1], l2)
+    penalty[-1] = 0.0  # the bias is not shrunk
+    total = sample_weights.sum()
+    for _ in range(iterations):
+        probabilities = 1.0 / (1.0 + np.exp(-np.clip(design @ theta, -60, 60)))
+        gradient = design.T @ (sample_weights * (probabilities - labels)) / total
+        gradient += penalty * theta / total
+        curvature = sample_weights * probabilities * (1.0 - probabilities) / total
+        hessian = (design * curvature[:, None]).T @ design + np.diag(penalty / total)
+        step = np.linalg.solve(hessian, gradient)
+        theta -= step
+        if float(np.max(np.abs(step))) < 1e-8:
+            break
+    return theta[:-1], float(theta[-1]), means, scales

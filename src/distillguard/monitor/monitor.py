@@ -1,0 +1,261 @@
+"""The harvest monitor: per-account state and risk, rings, and the tier the gateway acts on.
+
+The gateway calls `observe(event)` once per request it meters: that puts the event on a queue
+and returns (the request path's whole cost). A background thread, or `drain()` in tests and
+simulations, updates the account's state, rescores it, and every `ring_every` events regroups
+rings and scores each ring on its members' pooled counts. An account's tier is the higher of
+what its own score and its ring's score reach; tiers only go up on their own, and an operator
+can set one (`set_tier`), which pins it.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from distillguard.monitor.events import MonitorEvent
+from distillguard.monitor.features import AccountState, account_signals, pooled_signals
+from distillguard.monitor.model import TIERS, RiskModel
+from distillguard.monitor.rings import RingRules, find_rings
+from distillguard.monitor.text import prompt_features
+
+__all__ = ["AccountReport", "Monitor", "RingReport"]
+
+log = logging.getLogger("distillguard.monitor")
+
+_RANK = {tier: rank for rank, tier in enumerate(TIERS)}
+
+
+@dataclass(frozen=True)
+class AccountReport:
+    account: str
+    tenant: str
+    requests: int
+    score: float  # the account's own score
+    ring: int | None  # index into `Monitor.rings()` when the account is in a ring
+    ring_score: float | None
+    tier: str
+    pinned: bool  # set by an operator
+    flagged_at: int | None  # requests the account had made when it first reached "throttle"
+    reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RingReport:
+    ring: int
+    accounts: tuple[str, ...]
+    requests: int
+    score: float
+    reasons: tuple[str, ...]
+
+
+@dataclass
+class _Account:
+    state: AccountState
+    score: float = 0.0
+    ring: int | None = None
+    ring_score: float = 0.0
+    tier: str = "normal"
+    pinned: bool = False
+    flagged_at: int | None = None
+
+
+class Monitor:
+    """Consumes the usage stream; `tier_of` is what the gateway reads on the request path."""
+
+    def __init__(
+        self,
+        model: RiskModel | None = None,
+        *,
+        ring_rules: RingRules | None = None,
+        ring_every: int = 1000,
+        fleet_every: int = 500,
+        on_tier_change: Callable[[str, str, str], None] | None = None,
+        trace: Callable[[str, int, NDArray[np.float64], float], None] | None = None,
+    ) -> None:
+        self.model = model or RiskModel.load()
+        self.ring_rules = ring_rules or RingRules()
+        self.ring_every = ring_every
+        self.fleet_every = fleet_every
+        self.on_tier_change = on_tier_change
+        self.trace = trace  # (account, requests, signals, score) after each event: for fitting
+        self._accounts: dict[str, _Account] = {}
+        self._tiers: dict[str, str] = {}  # account -> tier, read without a lock (one dict get)
+        self._rings: list[RingReport] = []
+        self._fleet_rate = 1.0
+        self._processed = 0
+        self._queue: queue.SimpleQueue[MonitorEvent | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()  # state changes vs. reports
+        self._thread: threading.Thread | None = None
+
+    # -- the request path ----------------------------------------------------------------------
+
+    def observe(self, event: MonitorEvent) -> None:
+        self._queue.put(event)
+
+    def tier_of(self, account: str) -> str:
+        return self._tiers.get(account, "normal")
+
+    # -- processing ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="distillguard-monitor", daemon=True)
+            self._thread.start()
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def _run(self) -> None:
+        while True:
+            event = self._queue.get()
+            if event is None:
+                return
+            try:
+                self.process(event)
+            except Exception:  # one bad event must not stop the monitor
+                log.exception("monitor failed on an event of %s", event.account)
+
+    def drain(self) -> int:
+        """Process everything queued, in the calling thread (no background thread running)."""
+        count = 0
+        while True:
+            try:
+                event = self._queue.get_nowait()
+            except queue.Empty:
+                return count
+            if event is not None:
+                self.process(event)
+                count += 1
+
+    @property
+    def processed(self) -> int:
+        return self._processed
+
+    def process(self, event: MonitorEvent) -> None:
+        prompt = prompt_features(event.prompt)
+        with self._lock:
+            entry = self._accounts.get(event.account)
+            if entry is None:
+                entry = self._accounts[event.account] = _Account(
+                    AccountState(event.account, event.tenant)
+                )
+            entry.state.update(event, prompt)
+            signals = account_signals(entry.state, self._fleet_rate)
+            entry.score = self.model.score(signals)
+            if self.trace is not None:
+                self.trace(event.account, entry.state.requests, signals, entry.score)
+            self._retier(entry)
+            self._processed += 1
+            if self._processed % self.fleet_every == 0:
+                self._update_fleet_rate()
+            if self._processed % self.ring_every == 0:
+                self._regroup()
+
+    def _update_fleet_rate(self) -> None:
+        rates = [a.state.rate_per_hour for a in self._accounts.values() if a.state.requests >= 3]
+        if rates:
+            self._fleet_rate = float(np.median(rates))
+
+    def _retier(self, entry: _Account) -> None:
+        if entry.pinned:
+            return
+        score = max(entry.score, entry.ring_score if entry.ring is not None else 0.0)
+        requests = entry.state.requests
+        if entry.ring is not None:  # a ring's evidence is its pooled requests
+            requests = max(requests, self._rings[entry.ring].requests)
+        tier = self.model.tier(score, requests)
+        if _RANK[tier] <= _RANK[entry.tier]:
+            return
+        previous, entry.tier = entry.tier, tier
+        self._tiers[entry.state.account] = tier
+        if _RANK[tier] >= _RANK["throttle"] and entry.flagged_at is None:
+            entry.flagged_at = entry.state.requests
+        if self.on_tier_change is not None:
+            self.on_tier_change(entry.state.account, previous, tier)
+
+    def regroup(self) -> None:
+        with self._lock:
+            self._regroup()
+
+    def _regroup(self) -> None:
+        groups = find_rings((a.state for a in self._accounts.values()), self.ring_rules)
+        for entry in self._accounts.values():
+            entry.ring = None
+        rings = []
+        for number, members in enumerate(groups):
+            states = [self._accounts[account].state for account in members]
+            signals = pooled_signals(states, self._fleet_rate)
+            score = self.model.score(signals)
+            rings.append(
+                RingReport(
+                    ring=number,
+                    accounts=tuple(members),
+                    requests=sum(s.requests for s in states),
+                    score=score,
+                    reasons=tuple(self.model.reasons(signals)),
+                )
+            )
+            for account in members:
+                entry = self._accounts[account]
+                entry.ring, entry.ring_score = number, score
+        self._rings = rings
+        for entry in self._accounts.values():
+            if entry.ring is not None:
+                self._retier(entry)
+
+    # -- operators ----------------------------------------------------------------------------
+
+    def set_tier(self, account: str, tier: str) -> None:
+        """Pin an account's tier (an operator's decision; "normal" clears a false alarm)."""
+        if tier not in _RANK:
+            raise ValueError(f"unknown tier {tier!r}; tiers are {', '.join(TIERS)}")
+        with self._lock:
+            entry = self._accounts.get(account)
+            if entry is None:
+                entry = self._accounts[account] = _Account(AccountState(account, ""))
+            entry.tier, entry.pinned = tier, True
+            self._tiers[account] = tier
+
+    def signals(self, account: str) -> NDArray[np.float64]:
+        with self._lock:
+            return account_signals(self._accounts[account].state, self._fleet_rate)
+
+    def accounts(self) -> list[AccountReport]:
+        """Every account seen, riskiest first."""
+        with self._lock:
+            reports = []
+            for entry in self._accounts.values():
+                signals = account_signals(entry.state, self._fleet_rate)
+                reasons = self.model.reasons(signals)
+                if entry.ring is not None:
+                    ring = self._rings[entry.ring]
+                    reasons.insert(0, f"in ring {ring.ring} of {len(ring.accounts)} accounts")
+                reports.append(
+                    AccountReport(
+                        account=entry.state.account,
+                        tenant=entry.state.tenant,
+                        requests=entry.state.requests,
+                        score=entry.score,
+                        ring=entry.ring,
+                        ring_score=entry.ring_score if entry.ring is not None else None,
+                        tier=entry.tier,
+                        pinned=entry.pinned,
+                        flagged_at=entry.flagged_at,
+                        reasons=tuple(reasons),
+                    )
+                )
+        return sorted(reports, key=lambda r: (-_RANK[r.tier], -r.score, r.account))
+
+    def rings(self) -> list[RingReport]:
+        with self._lock:
+            return list(self._rings)
