@@ -45,7 +45,7 @@ __all__ = [
     "replay_monitor",
 ]
 
-SNAPSHOTS = (10, 15, 20, 30, 40, 60, 80, 120, 160, 240, 320, 480, 640, 960, 1280, 1920)
+SNAPSHOTS = (20, 30, 40, 60, 80, 120, 160, 240, 320, 480, 640, 960, 1280, 1920)
 
 
 @dataclass(frozen=True)
@@ -163,11 +163,12 @@ def fit_risk_model(
     *,
     fpr_target: float = 0.0025,
     description: str = "",
-    l2: float = 1.0,
+    l2: float = 0.01,
+    margin: float = 1.0,
 ) -> RiskModel:
     """Weights from snapshots of every account; the flag threshold from benign accounts' highest
     score over their whole run, so that at most `fpr_target` of them would have been flagged."""
-    min_requests = 10
+    min_requests = 20
     snapshot_set = set(SNAPSHOTS)
     signal_rows, labels, weights = [], [], []
     for simulation in simulations:
@@ -177,11 +178,18 @@ def fit_risk_model(
         per_account: dict[str, int] = {}
         for account in accounts:
             per_account[account] = per_account.get(account, 0) + 1
-        harvesters = sum(t.harvester for t in simulation.truth.values())
-        benign = len(simulation.truth) - harvesters
+        # every kind of account weighs the same within its class, so that rare hard negatives
+        # (batch jobs, developers) shape the weights as much as the many casual users do
+        kinds: dict[tuple[bool, str], int] = {}
+        for truth in simulation.truth.values():
+            kinds[(truth.harvester, truth.kind)] = kinds.get((truth.harvester, truth.kind), 0) + 1
+        kinds_per_class = {
+            harvester: sum(1 for (h, _) in kinds if h == harvester) for harvester in (False, True)
+        }
         for account, row in zip(accounts, rows, strict=True):
-            harvester = simulation.truth[account].harvester
-            class_weight = 0.5 / (harvesters if harvester else benign)
+            truth = simulation.truth[account]
+            harvester = truth.harvester
+            class_weight = 0.5 / (kinds_per_class[harvester] * kinds[(harvester, truth.kind)])
             signal_rows.append(row)
             labels.append(1.0 if harvester else 0.0)
             weights.append(class_weight / per_account[account])
@@ -212,11 +220,21 @@ def fit_risk_model(
     ordered = np.sort(np.asarray(peaks))
     allowed = int(math.floor(fpr_target * len(ordered)))
     # the flag threshold sits just above the (allowed+1)-th highest benign peak
-    flag = float(np.nextafter(ordered[len(ordered) - 1 - allowed], 1.0))
-    flag = max(flag, 0.5)
+    quantile = float(ordered[len(ordered) - 1 - allowed])
+    # a margin of one logit above it, for traffic unlike the fitting traffic
+    flag = max(_sigmoid(_logit(quantile) + margin), 0.5)
     watch = max(float(np.quantile(ordered, 0.98)), 0.2)
     block = float(min(1.0 - (1.0 - max(flag, float(ordered[-1]))) / 4.0, 1.0))
     return model.with_thresholds(watch=min(watch, flag), flag=flag, block=max(block, flag))
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-12), 1 - 1e-12)
+    return math.log(p / (1 - p))
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
 
 
 # -- baselines -----------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ TEMPLATE_CAPACITY = 4096  # template shingle counters kept per account (space-sa
 BAND_CAPACITY = 4096  # MinHash bands remembered per account
 ACTIVITY_BUCKET = 3600.0  # seconds; timing synchrony across accounts is read at this grain
 ACTIVITY_HORIZON = 3 * 86_400.0
+LONG_OUTPUT = 1024  # max_tokens at or above this asks for a long completion
 MIN_GAP = 0.5  # seconds; gaps are floored before taking logs
 
 
@@ -54,6 +55,7 @@ FEATURES: tuple[Signal, ...] = (
     Signal("logprobs", 0.02, "{pct} of requests ask for logprobs"),
     Signal("multiple_samples", 0.02, "{pct} of requests ask for n > 1 samples"),
     Signal("maximal_max_tokens", 0.05, "{pct} of requests ask for the maximum max_tokens"),
+    Signal("long_outputs", 0.2, "{pct} of requests ask for 1,024 tokens or more"),
     Signal("output_ratio", 0.0, "outputs are {value:.1f}x the prompt length"),
     Signal("one_shot", 0.5, "{pct} of requests are one-shot (no conversation)"),
     Signal("timing_regularity", 0.3, "requests arrive at regular intervals ({value:.2f})"),
@@ -75,6 +77,7 @@ class AccountState:
     logprobs: int = 0
     multiple_samples: int = 0
     maximal_max_tokens: int = 0
+    long_outputs: int = 0
     one_shot: int = 0
     near_duplicates: int = 0
     new_topics: int = 0
@@ -109,6 +112,7 @@ class AccountState:
         self.maximal_max_tokens += (
             event.max_tokens is not None and event.max_tokens >= 0.9 * event.max_tokens_cap
         )
+        self.long_outputs += event.max_tokens is not None and event.max_tokens >= LONG_OUTPUT
         self.one_shot += event.turns <= 1
         if event.status < 400:
             self.prompt_tokens += event.prompt_tokens
@@ -195,6 +199,7 @@ def _signal_values(
         "logprobs",
         "multiple_samples",
         "maximal_max_tokens",
+        "long_outputs",
         "one_shot",
         "topic_coverage",
         "novelty",
@@ -230,6 +235,7 @@ def account_signals(state: AccountState, fleet_rate: float) -> NDArray[np.float6
         "logprobs": state.logprobs,
         "multiple_samples": state.multiple_samples,
         "maximal_max_tokens": state.maximal_max_tokens,
+        "long_outputs": state.long_outputs,
         "one_shot": state.one_shot,
         "topic_coverage": state.new_topics,
         "novelty": state.novelty_sum,
@@ -261,6 +267,7 @@ def pooled_signals(members: Sequence[AccountState], fleet_rate: float) -> NDArra
         "logprobs": sum(m.logprobs for m in members),
         "multiple_samples": sum(m.multiple_samples for m in members),
         "maximal_max_tokens": sum(m.maximal_max_tokens for m in members),
+        "long_outputs": sum(m.long_outputs for m in members),
         "one_shot": sum(m.one_shot for m in members),
         "topic_coverage": sum(m.new_topics for m in members),
         "novelty": sum(m.novelty_sum for m in members),

@@ -139,18 +139,44 @@ def fit_logistic(
     labels: NDArray[np.float64],
     sample_weights: NDArray[np.float64],
     *,
-    l2: float = 1.0,
+    l2: float = 0.01,
     iterations: int = 50,
 ) -> tuple[NDArray[np.float64], float, NDArray[np.float64], NDArray[np.float64]]:
-    """L2-regularized logistic regression by Newton's method (IRLS) on standardized signals.
+    """L2-regularized logistic regression with non-negative weights, on standardized signals.
 
-    Returns (weights, bias, means, scales). Rows are weighted so that every account counts the
-    same however many snapshots it contributes.
+    Every signal is oriented so that more of it means more like harvesting; a weight that came
+    out negative would only encode an accident of the fitting traffic (a prompt set that
+    happens to repeat, say), so such signals are held at zero and the rest refitted (an active
+    set). Newton's method (IRLS) fits each set. Rows are weighted so that every account counts
+    the same however many snapshots it contributes. Returns (weights, bias, means, scales).
     """
     means = np.average(signals, axis=0, weights=sample_weights)
     scales = np.sqrt(np.average((signals - means) ** 2, axis=0, weights=sample_weights))
     scales = np.where(scales > 1e-9, scales, 1.0)
-    design = np.hstack([(signals - means) / scales, np.ones((len(signals), 1))])
+    standardized = (signals - means) / scales
+    active = np.ones(signals.shape[1], dtype=bool)
+    while True:
+        weights, bias = _newton(
+            standardized[:, active], labels, sample_weights, l2=l2, iterations=iterations
+        )
+        if (weights >= 0).all():
+            break
+        still = np.flatnonzero(active)
+        active[still[weights < 0]] = False
+    full = np.zeros(signals.shape[1])
+    full[active] = weights
+    return full, bias, means, scales
+
+
+def _newton(
+    standardized: NDArray[np.float64],
+    labels: NDArray[np.float64],
+    sample_weights: NDArray[np.float64],
+    *,
+    l2: float,
+    iterations: int,
+) -> tuple[NDArray[np.float64], float]:
+    design = np.hstack([standardized, np.ones((len(standardized), 1))])
     theta = np.zeros(design.shape[1])
     penalty = np.full(design.shape[1], l2)
     penalty[-1] = 0.0  # the bias is not shrunk
@@ -165,4 +191,4 @@ def fit_logistic(
         theta -= step
         if float(np.max(np.abs(step))) < 1e-8:
             break
-    return theta[:-1], float(theta[-1]), means, scales
+    return theta[:-1], float(theta[-1])
