@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 from _common import data_dir, print_table
-
 from distillguard.monitor.datasets import BENIGN_SOURCES, HARVEST_SOURCES, PromptSources
 from distillguard.monitor.evaluate import (
     DetectorRun,
@@ -50,8 +49,14 @@ from distillguard.monitor.simulate import Population, Simulation, simulate
 PROTOCOLS: dict[str, tuple[tuple[tuple[str, ...], tuple[str, ...], int | None, int], ...]] = {
     # name: ((benign, harvest, prompt fold, template fold) to fit, (...) to report)
     "split": ((BENIGN_SOURCES, HARVEST_SOURCES, 0, 0), (BENIGN_SOURCES, HARVEST_SOURCES, 1, 1)),
-    "swap": ((("open-assistant",), ("gsm8k",), None, 0), (("awesome-chatgpt",), ("self-instruct",), None, 1)),
-    "swap-back": ((("awesome-chatgpt",), ("self-instruct",), None, 1), (("open-assistant",), ("gsm8k",), None, 0)),
+    "swap": (
+        (("open-assistant",), ("gsm8k",), None, 0),
+        (("awesome-chatgpt",), ("self-instruct",), None, 1),
+    ),
+    "swap-back": (
+        (("awesome-chatgpt",), ("self-instruct",), None, 1),
+        (("open-assistant",), ("gsm8k",), None, 0),
+    ),
 }
 KINDS = ("fast", "slow", "ring", "mixed")
 FPR_TARGET = 0.0025
@@ -96,11 +101,12 @@ def pooled(runs: list[tuple[DetectorRun, Simulation]]) -> dict[str, Any]:
         "ring_ari": statistics.mean(m.ring_ari for m in per_run),
         "ring_ari_min": min(m.ring_ari for m in per_run),
     }
-    for kind, queries in by_kind.items():
-        if queries:
-            result[f"{kind}_tpr"] = sum(q < math.inf for q in queries) / len(queries)
-            result[f"{kind}_median_queries_to_flag"] = _finite(statistics.median(queries))
-            result[f"{kind}_max_queries_to_flag"] = _finite(max(queries))
+    for kind, kind_queries in by_kind.items():
+        if kind_queries:
+            flagged_kind = sum(q < math.inf for q in kind_queries)
+            result[f"{kind}_tpr"] = flagged_kind / len(kind_queries)
+            result[f"{kind}_median_queries_to_flag"] = _finite(statistics.median(kind_queries))
+            result[f"{kind}_max_queries_to_flag"] = _finite(max(kind_queries))
     for kind in ("casual", "power", "developer", "batch"):
         accounts = [
             (run, a)
@@ -147,7 +153,11 @@ def main() -> int:
     args = parser.parse_args()
     sources = PromptSources.from_dir(data_dir())
     population = replace(Population(), benign=args.benign)
-    log = (lambda *a: None) if args.json else (lambda *a: print(*a, file=sys.stderr, flush=True))
+
+    def log(message: str) -> None:
+        if not args.json:
+            print(message, file=sys.stderr, flush=True)
+
     results: dict[str, dict[str, Any]] = {}
     detectors_out: dict[str, list[tuple[DetectorRun, Simulation]]] = {
         "monitor": [],
@@ -163,8 +173,10 @@ def main() -> int:
         started = time.perf_counter()
         fitting = run_simulations(sources, fit_spec, fit_seeds, population)
         held_out = run_simulations(sources, report_spec, report_seeds, population)
-        log(f"{name}: simulated {sum(len(s.events) for s in fitting + held_out)} requests "
-            f"in {time.perf_counter() - started:.0f} s")
+        log(
+            f"{name}: simulated {sum(len(s.events) for s in fitting + held_out)} requests "
+            f"in {time.perf_counter() - started:.0f} s"
+        )
         model = fit_risk_model(fitting, fpr_target=FPR_TARGET, description=f"{name} fit")
         if name == "split":
             split_model = model
@@ -207,11 +219,12 @@ def main() -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    for name, by_detector in [("all protocols", overall)] + list(results.items()):
+    for name, by_detector in [("all protocols", overall), *list(results.items())]:
         rows = []
         for detector, figures in by_detector.items():
             kinds = " ".join(
-                f"{k}={figures.get(f'{k}_tpr', 0):.2f}/{_q(figures.get(f'{k}_median_queries_to_flag'))}"
+                f"{k}={figures.get(f'{k}_tpr', 0):.2f}/"
+                f"{_q(figures.get(f'{k}_median_queries_to_flag'))}"
                 for k in KINDS
             )
             rows.append(
@@ -230,7 +243,10 @@ def main() -> int:
         [
             ("request path per request", f"{cost['request_path_ms'] * 1000:.2f} us"),
             ("monitor events/s (replay, 1 core)", f"{min(events_per_s):,.0f}"),
-            ("gateway requests/s with the threaded monitor", f"{cost['gateway_requests_per_s']:,.0f}"),
+            (
+                "gateway requests/s with the threaded monitor",
+                f"{cost['gateway_requests_per_s']:,.0f}",
+            ),
             ("monitor lag behind the gateway", f"{cost['monitor_lag_s']:.2f} s"),
             ("ring requests refused by limits", str(ring_refused)),
         ],

@@ -21,6 +21,7 @@ from distillguard import __version__
 from distillguard.config import data_dir
 from distillguard.errors import (
     AuditChainError,
+    ConfigError,
     DistillGuardError,
     FingerprintMismatchError,
     InputError,
@@ -344,6 +345,145 @@ def audit_purge_text(state: _State, older_than_days: float) -> None:
     click.echo(f"removed the text of {removed} usage rows created before {stamp}")
 
 
+@main.group(invoke_without_command=True)
+@click.option(
+    "--url",
+    envvar="DISTILLGUARD_URL",
+    default="http://127.0.0.1:8000",
+    show_default=True,
+    help="The running gateway (or $DISTILLGUARD_URL).",
+)
+@click.option("--tier", default=None, help="Only accounts in this tier.")
+@click.option("--all", "show_all", is_flag=True, help="Include accounts in the normal tier.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def accounts(ctx: click.Context, url: str, tier: str | None, show_all: bool, as_json: bool) -> None:
+    """What the harvest monitor sees: accounts by risk, with tier and reasons.
+
+    Reads the running gateway's admin API, with the token in $DISTILLGUARD_ADMIN_TOKEN.
+    Without --all, accounts in the normal tier are left out.
+    """
+    ctx.obj = _AccountsState(ctx.obj, url)
+    if ctx.invoked_subcommand is not None:
+        return
+    query = f"?tier={tier}" if tier else ""
+    rows = _admin_request(url, "GET", f"/v1/admin/accounts{query}")["data"]
+    if not show_all and tier is None:
+        rows = [row for row in rows if row["tier"] != "normal"]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no accounts above the normal tier" if not show_all else "no accounts yet")
+        return
+    click.echo(f"{'key id':<14} {'tenant':<16} {'tier':<9} {'score':>6} {'requests':>9} reasons")
+    for row in rows:
+        ring = f" ring {row['ring']}" if row["ring"] is not None else ""
+        tier_shown = row["tier"] + ("*" if row["pinned"] else "")
+        click.echo(
+            f"{row['account']:<14} {row['tenant']:<16} {tier_shown:<9} "
+            f"{row['score']:>6.3f} {row['requests']:>9} {'; '.join(row['reasons'])}{ring}"
+        )
+
+
+@accounts.command("rings")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def accounts_rings(state: _AccountsState, as_json: bool) -> None:
+    """Groups of accounts that share templates, timing and prompt sources."""
+    rows = _admin_request(state.url, "GET", "/v1/admin/rings")["data"]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no rings")
+        return
+    for row in rows:
+        click.echo(
+            f"ring {row['ring']}: {len(row['accounts'])} accounts, {row['requests']} requests, "
+            f"score {row['score']:.3f}: {'; '.join(row['reasons'])}"
+        )
+        click.echo("  " + " ".join(row["accounts"]))
+
+
+@accounts.command("set-tier")
+@click.argument("key_id")
+@click.argument("tier", type=click.Choice(["normal", "watch", "throttle", "block"]))
+@click.pass_obj
+def accounts_set_tier(state: _AccountsState, key_id: str, tier: str) -> None:
+    """Pin a key's tier (an operator's decision; "normal" clears a false alarm)."""
+    _admin_request(state.url, "POST", f"/v1/admin/accounts/{key_id}/tier", {"tier": tier})
+    click.echo(f"{key_id}: pinned to {tier}")
+
+
+@accounts.command("history")
+@click.argument("key_id", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def accounts_history(state: _AccountsState, key_id: str | None, as_json: bool) -> None:
+    """Every tier change, with the score and reasons at the time (read from the store)."""
+    from distillguard.monitor.history import TierHistory
+    from distillguard.store import connect
+
+    changes = TierHistory(lambda: connect(state.parent.home)).changes(key_id)
+    if as_json:
+        click.echo(json.dumps(changes, indent=2))
+        return
+    for change in changes:
+        who = "operator" if change["pinned"] else f"score {change['score']:.3f}"
+        click.echo(
+            f"{change['changed_at']} {change['key_id']} ({change['tenant']}): "
+            f"{change['previous']} -> {change['tier']} after {change['requests']} requests, "
+            f"{who}: {'; '.join(change['reasons'])}"  # type: ignore[arg-type]
+        )
+
+
+@dataclass
+class _AccountsState:
+    parent: _State
+    url: str
+
+
+def _admin_token() -> str | None:
+    token = os.environ.get("DISTILLGUARD_ADMIN_TOKEN")
+    if token is not None and len(token) < 16:
+        raise ConfigError("DISTILLGUARD_ADMIN_TOKEN must be at least 16 characters")
+    return token
+
+
+def _admin_request(
+    url: str, method: str, path: str, body: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    from distillguard.errors import require
+
+    require("httpx", "gateway")
+    import httpx
+
+    token = _admin_token()
+    if token is None:
+        raise ConfigError("set DISTILLGUARD_ADMIN_TOKEN to the gateway's admin token")
+    try:
+        response = httpx.request(
+            method,
+            url.rstrip("/") + path,
+            json=body,
+            headers={"authorization": f"Bearer {token}"},
+            timeout=30.0,
+        )
+    except httpx.HTTPError as exc:
+        raise ConfigError(f"cannot reach the gateway at {url}: {exc}") from None
+    try:
+        payload = response.json()
+    except ValueError:
+        raise ConfigError(
+            f"the gateway at {url} answered {response.status_code} without JSON"
+        ) from None
+    if response.status_code >= 400:
+        message = payload.get("error", {}).get("message", response.text)
+        raise ConfigError(f"the gateway refused ({response.status_code}): {message}")
+    return dict(payload)
+
+
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=8000, show_default=True)
@@ -360,6 +500,19 @@ def audit_purge_text(state: _State, older_than_days: float) -> None:
     help="Proxy this OpenAI-compatible base URL (e.g. http://host:8001/v1) instead of a local "
     "model; its outputs cannot be watermarked. Its key is read from DISTILLGUARD_UPSTREAM_API_KEY.",
 )
+@click.option("--no-monitor", is_flag=True, help="Do not run the harvest monitor.")
+@click.option(
+    "--policy",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="TOML file: what each tier does and the score thresholds (docs/deployment.md).",
+)
+@click.option(
+    "--risk-model",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Risk model JSON (benchmarks/monitor.py --write-model). Default: the shipped one.",
+)
 @click.pass_obj
 def serve(
     state: _State,
@@ -371,11 +524,16 @@ def serve(
     tenant_rpm: int | None,
     tenant_tpm: int | None,
     upstream: str | None,
+    no_monitor: bool,
+    policy: Path | None,
+    risk_model: Path | None,
 ) -> None:
     """Run the OpenAI-compatible gateway (the embedded model unless --model or --upstream).
 
     State lives in the data directory (SQLite). On first start it creates the master secret
-    and a demo API key, printed once.
+    and a demo API key, printed once. The harvest monitor watches every key and moves harvesters
+    up the tiers (watch, throttle, block). The admin API (/v1/admin/...) is on when
+    DISTILLGUARD_ADMIN_TOKEN is set; requests to it carry that token as a bearer token.
     """
     from distillguard.errors import require
 
@@ -392,6 +550,10 @@ def serve(
         upstream=upstream,
         upstream_api_key=os.environ.get("DISTILLGUARD_UPSTREAM_API_KEY"),
         tenant_limits=_tenant_limits(tenant_rpm, tenant_tpm),
+        monitor=not no_monitor,
+        policy=policy,
+        risk_model=risk_model,
+        admin_token=_admin_token(),
     )
     if server.demo_key is not None:
         click.echo(f"demo API key (tenant demo, shown once): {server.demo_key}")

@@ -166,9 +166,7 @@ class Gateway:
                 Route("/openapi.json", self.openapi, methods=["GET"]),
                 Route("/v1/admin/accounts", self.admin_accounts, methods=["GET"]),
                 Route("/v1/admin/rings", self.admin_rings, methods=["GET"]),
-                Route(
-                    "/v1/admin/accounts/{account}/tier", self.admin_set_tier, methods=["POST"]
-                ),
+                Route("/v1/admin/accounts/{account}/tier", self.admin_set_tier, methods=["POST"]),
             ],
             exception_handlers={HTTPException: self._http_error},
             lifespan=self._lifespan,
@@ -261,9 +259,7 @@ class Gateway:
             body = None
         tier = body.get("tier") if isinstance(body, dict) else None
         if tier not in TIER_RANK:
-            error = ApiError(
-                400, f"'tier' must be one of: {', '.join(TIER_RANK)}", param="tier"
-            )
+            error = ApiError(400, f"'tier' must be one of: {', '.join(TIER_RANK)}", param="tier")
             return JSONResponse(error_body(error), status_code=400)
         account = request.path_params["account"]
         monitor.set_tier(account, tier)

@@ -12,6 +12,7 @@ _ERRORS = {
     for status, text in (
         (400, "invalid request"),
         (401, "bad API key"),
+        (403, "the key is blocked (harvest monitor)"),
         (404, "unknown model"),
         (413, "body too large"),
         (429, "rate limited"),

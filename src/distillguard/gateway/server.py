@@ -14,9 +14,13 @@ from distillguard.errors import ConfigError
 from distillguard.gateway.apikeys import KeyStore, create_api_key, list_api_keys
 from distillguard.gateway.app import Gateway
 from distillguard.gateway.audit import AuditLog
+from distillguard.gateway.policy import load_policy
 from distillguard.gateway.ratelimit import Limits
 from distillguard.gateway.upstream import Upstream
 from distillguard.keys import derive_tenant_key, init_master_secret, record_commitment
+from distillguard.monitor.history import TierHistory
+from distillguard.monitor.model import RiskModel
+from distillguard.monitor.monitor import Monitor
 from distillguard.store import connect
 from distillguard.watermark.key import WatermarkKey
 
@@ -30,9 +34,12 @@ class Server:
     audit: AuditLog
     connection: sqlite3.Connection
     demo_key: str | None  # the demo API key, when this start created it (shown once)
+    monitor: Monitor | None = None
 
     def close(self) -> None:
-        """Flush the audit log and stop the engine."""
+        """Flush the audit log, stop the monitor and the engine."""
+        if self.monitor is not None:
+            self.monitor.close()
         self.audit.close()
         if self.engine is not None:
             self.engine.close()
@@ -67,12 +74,26 @@ def build_server(
     demo_tpm: int = 100_000,
     upstream: str | None = None,
     upstream_api_key: str | None = None,
+    monitor: bool = True,
+    policy: Path | None = None,
+    risk_model: Path | None = None,
+    admin_token: str | None = None,
 ) -> Server:
     """The gateway on a model (or an upstream URL), with state in `home`.
 
     Creates a demo API key if there is none. In upstream mode the served model names are read
-    from the upstream's /models once, at start.
+    from the upstream's /models once, at start. With `monitor`, the harvest monitor runs on a
+    background thread; tiers recorded before a restart are restored.
     """
+    rules = load_policy(policy)
+    watcher = None
+    if monitor:
+        risk = RiskModel.load(risk_model)
+        if rules.thresholds:
+            risk = risk.with_thresholds(**rules.thresholds)
+        history = TierHistory(lambda: connect(home, shared=True))
+        watcher = Monitor(risk, on_tier_change=history.record)
+        watcher.restore(history.latest())
     connection = connect(home, shared=True)
     engine = None if upstream else Engine(model)
     proxy = None
@@ -94,8 +115,13 @@ def build_server(
         store_text=store_text,
         upstream=proxy,
         upstream_models=models,
+        tiers=rules.tiers,
+        monitor=watcher,
+        admin_token=admin_token,
     )
-    return Server(gateway, engine, audit, connection, demo_key)
+    if watcher is not None:
+        watcher.start()
+    return Server(gateway, engine, audit, connection, demo_key, watcher)
 
 
 def _no_watermark(tenant: str) -> WatermarkKey | None:

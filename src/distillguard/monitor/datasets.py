@@ -10,8 +10,8 @@ column (rows whose `type` column is not TEXT are skipped, as awesome-chatgpt-pro
 from __future__ import annotations
 
 import csv
-import io
 import hashlib
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path

@@ -18,7 +18,10 @@ Both thresholds are fitted, like the monitor's, on the fitting fold's benign acc
 
 from __future__ import annotations
 
+import functools
 import math
+import time
+import zlib
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -105,9 +108,7 @@ def ring_ari(groups: list[list[str]], truth: dict[str, Truth]) -> float:
     for number, group in enumerate(groups):
         for account in group:
             predicted[account] = f"group-{number}"
-    true_labels = [
-        (truth[a].campaign or a) if truth[a].kind == "ring" else a for a in accounts
-    ]
+    true_labels = [(truth[a].campaign or a) if truth[a].kind == "ring" else a for a in accounts]
     return adjusted_rand_index(true_labels, [predicted[a] for a in accounts])
 
 
@@ -117,8 +118,6 @@ def ring_ari(groups: list[list[str]], truth: dict[str, Truth]) -> float:
 def replay_monitor(
     model: RiskModel, events: Sequence[MonitorEvent], rules: RingRules | None = None
 ) -> DetectorRun:
-    import time
-
     monitor = Monitor(model, ring_rules=rules)
     started = time.perf_counter()
     for event in events:
@@ -172,7 +171,7 @@ def fit_risk_model(
     snapshot_set = set(SNAPSHOTS)
     signal_rows, labels, weights = [], [], []
     for simulation in simulations:
-        accounts, counts, rows, _ = _trace(
+        accounts, _counts, rows, _ = _trace(
             _inert_model(), simulation.events, lambda n: n in snapshot_set
         )
         per_account: dict[str, int] = {}
@@ -218,7 +217,7 @@ def fit_risk_model(
         benign = [a for a, t in simulation.truth.items() if not t.harvester]
         peaks += [peak.get(a, 0.0) for a in benign]
     ordered = np.sort(np.asarray(peaks))
-    allowed = int(math.floor(fpr_target * len(ordered)))
+    allowed = math.floor(fpr_target * len(ordered))
     # the flag threshold sits just above the (allowed+1)-th highest benign peak
     quantile = float(ordered[len(ordered) - 1 - allowed])
     # a margin of one logit above it, for traffic unlike the fitting traffic
@@ -257,7 +256,7 @@ class RateBaseline:
             while times[0] <= event.time - self.window:
                 times.popleft()
             counts[event.account] = counts.get(event.account, 0) + 1
-            best, at = peak.get(event.account, (0, []))
+            best, _at = peak.get(event.account, (0, []))
             if len(times) > best:
                 peak[event.account] = (len(times), [counts[event.account]])
         return peak
@@ -272,13 +271,11 @@ class RateBaseline:
                 if not t.harvester
             ]
         ordered = sorted(peaks)
-        allowed = int(math.floor(fpr_target * len(ordered)))
+        allowed = math.floor(fpr_target * len(ordered))
         self.threshold = float(ordered[len(ordered) - 1 - allowed])
         return self
 
     def replay(self, events: Sequence[MonitorEvent]) -> DetectorRun:
-        import time
-
         started = time.perf_counter()
         recent: dict[str, deque[float]] = {}
         counts: dict[str, int] = {}
@@ -330,10 +327,8 @@ class PradaBaseline:
             found = distances.get(account, [])
             if len(found) >= self.min_queries:
                 sample = np.asarray(found)
-                if np.ptp(sample) == 0:
-                    w = 0.0  # all distances equal: as far from normal as it gets
-                else:
-                    w = float(stats.shapiro(sample).statistic)
+                # all distances equal: as far from normal as it gets
+                w = 0.0 if np.ptp(sample) == 0 else float(stats.shapiro(sample).statistic)
                 if on_w(account, count, w):
                     done.add(account)
 
@@ -341,23 +336,14 @@ class PradaBaseline:
         lowest: list[float] = []
         for simulation in simulations:
             low: dict[str, float] = {}
-
-            def keep(account: str, count: int, w: float) -> bool:
-                low[account] = min(low.get(account, 1.0), w)
-                return False
-
-            self._walk(simulation.events, keep)
-            lowest += [
-                low.get(a, 1.0) for a, t in simulation.truth.items() if not t.harvester
-            ]
+            self._walk(simulation.events, functools.partial(_keep_lowest, low))
+            lowest += [low.get(a, 1.0) for a, t in simulation.truth.items() if not t.harvester]
         ordered = sorted(lowest)
-        allowed = int(math.floor(fpr_target * len(ordered)))
+        allowed = math.floor(fpr_target * len(ordered))
         self.threshold = float(ordered[allowed])  # flag strictly below the allowed-th lowest
         return self
 
     def replay(self, events: Sequence[MonitorEvent]) -> DetectorRun:
-        import time
-
         started = time.perf_counter()
         flagged: dict[str, int] = {}
 
@@ -371,7 +357,10 @@ class PradaBaseline:
         return DetectorRun(flagged, [], time.perf_counter() - started)
 
 
-def embed_prompt(text: str) -> NDArray[np.float32]:
-    import zlib
+def _keep_lowest(low: dict[str, float], account: str, count: int, w: float) -> bool:
+    low[account] = min(low.get(account, 1.0), w)
+    return False
 
+
+def embed_prompt(text: str) -> NDArray[np.float32]:
     return embed([zlib.crc32(word.encode()) for word in words(text)])

@@ -61,7 +61,8 @@ class RiskModel:
         """Scores of many signal rows at once; shape (rows,)."""
         standardized = (signals - np.asarray(self.means)) / np.asarray(self.scales)
         logits = standardized @ np.asarray(self.weights) + self.bias
-        return 1.0 / (1.0 + np.exp(-np.clip(logits, -60, 60)))
+        scores: NDArray[np.float64] = 1.0 / (1.0 + np.exp(-np.clip(logits, -60, 60)))
+        return scores
 
     def tier(self, score: float, requests: int) -> str:
         if requests < self.min_requests:

@@ -25,7 +25,7 @@ from distillguard.monitor.model import TIERS, RiskModel
 from distillguard.monitor.rings import RingRules, find_rings
 from distillguard.monitor.text import prompt_features
 
-__all__ = ["AccountReport", "Monitor", "RingReport"]
+__all__ = ["AccountReport", "Monitor", "RingReport", "TierChange"]
 
 log = logging.getLogger("distillguard.monitor")
 
@@ -43,6 +43,18 @@ class AccountReport:
     tier: str
     pinned: bool  # set by an operator
     flagged_at: int | None  # requests the account had made when it first reached "throttle"
+    reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TierChange:
+    account: str
+    tenant: str
+    previous: str
+    tier: str
+    pinned: bool  # an operator's decision
+    score: float
+    requests: int
     reasons: tuple[str, ...]
 
 
@@ -76,7 +88,7 @@ class Monitor:
         ring_rules: RingRules | None = None,
         ring_every: int = 1000,
         fleet_every: int = 500,
-        on_tier_change: Callable[[str, str, str], None] | None = None,
+        on_tier_change: Callable[[TierChange], None] | None = None,
         trace: Callable[[str, int, NDArray[np.float64], float], None] | None = None,
     ) -> None:
         self.model = model or RiskModel.load()
@@ -106,7 +118,9 @@ class Monitor:
 
     def start(self) -> None:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="distillguard-monitor", daemon=True)
+            self._thread = threading.Thread(
+                target=self._run, name="distillguard-monitor", daemon=True
+            )
             self._thread.start()
 
     def close(self) -> None:
@@ -149,6 +163,8 @@ class Monitor:
                 entry = self._accounts[event.account] = _Account(
                     AccountState(event.account, event.tenant)
                 )
+            if not entry.state.tenant:  # restored before its first request
+                entry.state.tenant = event.tenant
             entry.state.update(event, prompt)
             signals = account_signals(entry.state, self._fleet_rate)
             entry.score = self.model.score(signals)
@@ -180,8 +196,38 @@ class Monitor:
         self._tiers[entry.state.account] = tier
         if _RANK[tier] >= _RANK["throttle"] and entry.flagged_at is None:
             entry.flagged_at = entry.state.requests
+        self._announce(entry, previous, score)
+
+    def _announce(self, entry: _Account, previous: str, score: float) -> None:
+        reasons = self.model.reasons(account_signals(entry.state, self._fleet_rate))
+        if entry.ring is not None:
+            ring = self._rings[entry.ring]
+            reasons.insert(0, f"in ring {ring.ring} of {len(ring.accounts)} accounts")
+        change = TierChange(
+            account=entry.state.account,
+            tenant=entry.state.tenant,
+            previous=previous,
+            tier=entry.tier,
+            pinned=entry.pinned,
+            score=score,
+            requests=entry.state.requests,
+            reasons=tuple(reasons),
+        )
+        log.warning(
+            "account %s (tenant %s): %s -> %s, score %.3f after %d requests: %s",
+            change.account,
+            change.tenant,
+            previous,
+            change.tier,
+            score,
+            change.requests,
+            "; ".join(change.reasons) or "operator decision",
+        )
         if self.on_tier_change is not None:
-            self.on_tier_change(entry.state.account, previous, tier)
+            try:
+                self.on_tier_change(change)
+            except Exception:  # recording must not stop the monitor
+                log.exception("could not record the tier change of %s", change.account)
 
     def regroup(self) -> None:
         with self._lock:
@@ -216,15 +262,31 @@ class Monitor:
     # -- operators ----------------------------------------------------------------------------
 
     def set_tier(self, account: str, tier: str) -> None:
-        """Pin an account's tier (an operator's decision; "normal" clears a false alarm)."""
+        """Pin an account's tier: an operator's decision ("normal" clears a false alarm), which
+        the monitor leaves alone from then on."""
+        self._set(account, tier, pinned=True, announce=True)
+
+    def _set(self, account: str, tier: str, *, pinned: bool, announce: bool) -> None:
         if tier not in _RANK:
             raise ValueError(f"unknown tier {tier!r}; tiers are {', '.join(TIERS)}")
         with self._lock:
             entry = self._accounts.get(account)
             if entry is None:
                 entry = self._accounts[account] = _Account(AccountState(account, ""))
-            entry.tier, entry.pinned = tier, True
+            previous = entry.tier
+            entry.tier, entry.pinned = tier, pinned
+            if _RANK[tier] >= _RANK["throttle"] and entry.flagged_at is None:
+                entry.flagged_at = entry.state.requests
             self._tiers[account] = tier
+            if announce:
+                self._announce(entry, previous, entry.score)
+
+    def restore(self, tiers: dict[str, tuple[str, bool]]) -> None:
+        """Put accounts back in the tiers recorded before a restart (pinned ones stay pinned;
+        the others can still rise)."""
+        for account, (tier, pinned) in tiers.items():
+            if tier in _RANK:
+                self._set(account, tier, pinned=pinned, announce=False)
 
     def signals(self, account: str) -> NDArray[np.float64]:
         with self._lock:

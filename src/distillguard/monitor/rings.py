@@ -97,8 +97,7 @@ def _linked(
     if jaccard < rules.template_jaccard:
         return False
     return (
-        _timing_cosine(a, b) >= rules.timing_cosine
-        and _source_cosine(a, b) >= rules.source_cosine
+        _timing_cosine(a, b) >= rules.timing_cosine and _source_cosine(a, b) >= rules.source_cosine
     )
 
 

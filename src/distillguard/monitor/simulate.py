@@ -63,8 +63,7 @@ HARVEST_TEMPLATES: tuple[tuple[str, ...], ...] = (
         "giving the final answer.\n\n{q}",
         "{q}\n\nLet's think step by step.",
         "Question: {q}\nExplain your reasoning in detail, then state the answer.",
-        "You are an expert tutor. Provide a detailed, step-by-step solution to the following.\n"
-        "{q}",
+        "You are an expert tutor. Provide a detailed, step-by-step solution to the following.\n{q}",
         "Answer the following as helpfully and completely as you can.\n\n{q}",
         "{q}\n\nRespond with a long, thorough answer.",
     ),
@@ -244,7 +243,7 @@ class _Planner:
 
     def benign_sessions(self, account: str, kind: str) -> None:
         offset = float(self.rng.uniform(0, 24))
-        days = int(math.ceil(self.population.days))
+        days = math.ceil(self.population.days)
         sessions = {
             "casual": 1 + int(self.rng.poisson(3.0)),
             "power": int(self.rng.integers(15, 41)),
@@ -259,7 +258,7 @@ class _Planner:
         self.truth[account] = Truth("batch", None)
         template = self.batch_templates[int(self.rng.integers(len(self.batch_templates)))]
         max_tokens = int(self.rng.choice([64, 128, 256]))
-        days = int(math.ceil(self.population.days))
+        days = math.ceil(self.population.days)
         for _ in range(int(self.rng.integers(1, 5))):
             time = float(self.rng.uniform(0, days * DAY))
             spacing = float(self.rng.uniform(1.0, 5.0))
@@ -329,7 +328,9 @@ class _Planner:
         for _ in range(int(self.rng.integers(800, 2001))):
             self.add(time, account, self.harvest_body(style))
             mean_gap = 1.0 / rate
-            gap = self.rng.gamma(10.0, mean_gap / 10.0) if regular else self.rng.exponential(mean_gap)
+            gap = (
+                self.rng.gamma(10.0, mean_gap / 10.0) if regular else self.rng.exponential(mean_gap)
+            )
             time += float(gap)
 
     def slow(self, account: str, campaign: str) -> None:
@@ -368,7 +369,7 @@ class _Planner:
         self.truth[account] = Truth("mixed", campaign)
         style = self.campaign_style()
         offset = float(self.rng.uniform(0, 24))
-        days = int(math.ceil(self.population.days))
+        days = math.ceil(self.population.days)
         total = int(self.rng.integers(300, 801))
         for _ in range(total):
             time = self.waking_time(offset, int(self.rng.integers(days)))

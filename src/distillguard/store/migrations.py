@@ -71,4 +71,22 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         """,
     ),
+    (
+        "004_monitor_tier_changes",
+        """
+        CREATE TABLE tier_changes (
+            seq INTEGER PRIMARY KEY,
+            changed_at TEXT NOT NULL,
+            key_id TEXT NOT NULL,
+            tenant TEXT NOT NULL,
+            previous TEXT NOT NULL,
+            tier TEXT NOT NULL,
+            pinned INTEGER NOT NULL,
+            score REAL NOT NULL,
+            requests INTEGER NOT NULL,
+            reasons TEXT NOT NULL
+        );
+        CREATE INDEX tier_changes_key ON tier_changes (key_id, seq);
+        """,
+    ),
 ]
