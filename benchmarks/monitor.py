@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import statistics
 import sys
@@ -58,7 +59,8 @@ PROTOCOLS: dict[str, tuple[tuple[tuple[str, ...], tuple[str, ...], int | None, i
         (("open-assistant",), ("gsm8k",), None, 0),
     ),
 }
-KINDS = ("fast", "slow", "ring", "mixed")
+KINDS = ("fast", "slow", "ring", "mixed")  # the shapes the targets are about
+STRESS = ("stealth",)  # reported on its own row: a harvester mimicking a person
 FPR_TARGET = 0.0025
 
 
@@ -80,14 +82,15 @@ def pooled(runs: list[tuple[DetectorRun, Simulation]]) -> dict[str, Any]:
     """Figures pooled over several held-out simulations."""
     per_run: list[Metrics] = [metrics(run, simulation.truth) for run, simulation in runs]
     harvest_queries: list[float] = []
-    by_kind: dict[str, list[float]] = {kind: [] for kind in KINDS}
+    by_kind: dict[str, list[float]] = {kind: [] for kind in KINDS + STRESS}
     for run, simulation in runs:
         for account, truth in simulation.truth.items():
             if truth.harvester:
                 queries = float(run.flagged_at.get(account, math.inf))
-                harvest_queries.append(queries)
                 by_kind[truth.kind].append(queries)
-    harvesters = sum(m.harvesters for m in per_run)
+                if truth.kind in KINDS:
+                    harvest_queries.append(queries)
+    harvesters = len(harvest_queries)
     benign = sum(m.benign for m in per_run)
     flagged = sum(q < math.inf for q in harvest_queries)
     false_positives = sum(m.false_positives for m in per_run)
@@ -149,10 +152,15 @@ def main() -> int:
     parser.add_argument("--benign", type=int, default=600, help="benign accounts per simulation")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--protocols", default=",".join(PROTOCOLS))
+    parser.add_argument(
+        "--stealth", type=int, default=8, help="stealth harvesters per simulation (stress row)"
+    )
     parser.add_argument("--write-model", type=Path, help="write the split protocol's model here")
+    parser.add_argument("--save", type=Path, help="also write the JSON object to this file")
     args = parser.parse_args()
+    logging.getLogger("distillguard.monitor").setLevel(logging.ERROR)  # tier changes: thousands
     sources = PromptSources.from_dir(data_dir())
-    population = replace(Population(), benign=args.benign)
+    population = replace(Population(), benign=args.benign, stealth=args.stealth)
 
     def log(message: str) -> None:
         if not args.json:
@@ -216,6 +224,8 @@ def main() -> int:
     }
     if args.write_model is not None and split_model is not None:
         args.write_model.write_text(split_model.to_json())
+    if args.save is not None:
+        args.save.write_text(json.dumps(report, indent=2) + "\n")
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -225,7 +235,7 @@ def main() -> int:
             kinds = " ".join(
                 f"{k}={figures.get(f'{k}_tpr', 0):.2f}/"
                 f"{_q(figures.get(f'{k}_median_queries_to_flag'))}"
-                for k in KINDS
+                for k in KINDS + STRESS
             )
             rows.append(
                 (

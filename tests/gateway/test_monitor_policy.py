@@ -196,3 +196,23 @@ def test_bad_policy_files_are_refused_with_a_clear_error(
     path.write_text(text)
     with pytest.raises(ConfigError, match=message):
         load_policy(path)
+
+
+def test_a_throttled_key_cannot_get_the_upstream_maximum_by_omitting_max_tokens(
+    setup: Setup,
+) -> None:
+    seen: list[MonitorEvent] = []
+    setup.monitor.observe = seen.append  # type: ignore[method-assign]
+    setup.monitor.set_tier(setup.key_id, "throttle")
+    text = "Think step by step and explain your reasoning: why is the sky blue?"
+    response = call(
+        setup.gateway,
+        "POST",
+        "/v1/chat/completions",
+        token=setup.key,
+        body={"model": MODEL, "messages": [{"role": "user", "content": text}]},
+    )
+    assert response.status_code == 200
+    cap = DEFAULT_TIERS["throttle"].max_tokens
+    assert cap is not None and response.json()["usage"]["completion_tokens"] <= cap
+    assert seen[0].max_tokens == cap

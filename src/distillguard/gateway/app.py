@@ -18,7 +18,7 @@ import math
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -690,7 +690,12 @@ class Gateway:
                     param="model",
                     code="model_not_found",
                 )
-            self._check_tier(call.key, parsed)
+            tier = self._check_tier(call.key, parsed)
+            if tier.max_tokens is not None and parsed.max_tokens is None:
+                # the upstream would default to its maximum: hold it to the tier's cap
+                body = body | {"max_tokens": tier.max_tokens}
+                parsed = replace(parsed, max_tokens=tier.max_tokens)
+                call.parsed = parsed
             prompt = parsed.prompt
             call.prompt_tokens = (
                 len(prompt) if isinstance(prompt, list) else estimate_tokens(prompt)

@@ -29,6 +29,7 @@ __all__ = [
 
 PRIOR_WEIGHT = 8.0
 RECENT_PROMPTS = 16  # novelty = distance to the nearest of the last 16 prompts
+TOPIC_WINDOW = 64  # topic coverage = distinct topic buckets among the last 64 prompts
 TEMPLATE_CAPACITY = 4096  # template shingle counters kept per account (space-saving prune)
 BAND_CAPACITY = 4096  # MinHash bands remembered per account
 ACTIVITY_BUCKET = 3600.0  # seconds; timing synchrony across accounts is read at this grain
@@ -48,7 +49,7 @@ class Signal:
 FEATURES: tuple[Signal, ...] = (
     Signal("rate_vs_fleet", 0.0, "sends {value:.1f}x the fleet's median request rate"),
     Signal("novelty", 0.5, "each prompt is far from the account's earlier ones ({value:.2f})"),
-    Signal("topic_coverage", 0.3, "prompts cover a new topic bucket {pct} of the time"),
+    Signal("topic_coverage", 0.3, "{pct} of recent prompts are on topics of their own"),
     Signal("near_duplicates", 0.05, "{pct} of prompts are near-duplicates of earlier ones"),
     Signal("template_reuse", 0.1, "{pct} of prompts share one template"),
     Signal("reasoning", 0.05, "{pct} of prompts ask for step-by-step reasoning"),
@@ -71,6 +72,7 @@ class AccountState:
     account: str
     tenant: str
     requests: int = 0
+    texts: int = 0  # prompts that fed the text signals (rejected requests do not: retries)
     first_time: float = math.inf
     last_time: float = -math.inf
     reasoning: int = 0
@@ -80,7 +82,6 @@ class AccountState:
     long_outputs: int = 0
     one_shot: int = 0
     near_duplicates: int = 0
-    new_topics: int = 0
     novelty_sum: float = 0.0
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -88,7 +89,8 @@ class AccountState:
     gap_log_mean: float = 0.0
     gap_log_m2: float = 0.0
     hours: list[int] = field(default_factory=lambda: [0] * 24)
-    topics: set[int] = field(default_factory=set)
+    recent_topics: deque[int] = field(default_factory=deque)
+    topic_counts: dict[int, int] = field(default_factory=dict)
     templates: dict[int, int] = field(default_factory=dict)
     template_top: int = 0
     bands: OrderedDict[int, None] = field(default_factory=OrderedDict)
@@ -115,9 +117,10 @@ class AccountState:
         self.long_outputs += event.max_tokens is not None and event.max_tokens >= LONG_OUTPUT
         self.one_shot += event.turns <= 1
         if event.status < 400:
+            # a refused request produced no output, and its retry would count its prompt twice
             self.prompt_tokens += event.prompt_tokens
             self.completion_tokens += event.completion_tokens
-        self._update_text(prompt)
+            self._update_text(prompt)
         self._update_activity(event.time)
 
     def _add_gap(self, log_gap: float) -> None:
@@ -128,17 +131,22 @@ class AccountState:
         self.gap_log_m2 += delta * (log_gap - self.gap_log_mean)
 
     def _update_text(self, prompt: PromptFeatures) -> None:
-        seen = min(self.requests - 1, RECENT_PROMPTS)
+        seen = min(self.texts, RECENT_PROMPTS)
         if seen:
             nearest = float(np.max(self.recent[:seen] @ prompt.embedding))
             self.novelty_sum += 1.0 - max(nearest, 0.0)
         else:
             self.novelty_sum += 1.0
-        self.recent[(self.requests - 1) % RECENT_PROMPTS] = prompt.embedding
+        self.recent[self.texts % RECENT_PROMPTS] = prompt.embedding
+        self.texts += 1
         self.centroid += prompt.embedding
-        if prompt.topic not in self.topics:
-            self.topics.add(prompt.topic)
-            self.new_topics += 1
+        self.recent_topics.append(prompt.topic)
+        self.topic_counts[prompt.topic] = self.topic_counts.get(prompt.topic, 0) + 1
+        if len(self.recent_topics) > TOPIC_WINDOW:
+            dropped = self.recent_topics.popleft()
+            self.topic_counts[dropped] -= 1
+            if not self.topic_counts[dropped]:
+                del self.topic_counts[dropped]
         if any(band in self.bands for band in prompt.bands):
             self.near_duplicates += 1
         for band in prompt.bands:
@@ -174,7 +182,7 @@ class AccountState:
 
     def dominant_templates(self, share: float = 0.3) -> frozenset[int]:
         """Template shingles on at least `share` of this account's prompts."""
-        floor = max(2, math.ceil(share * self.requests))
+        floor = max(2, math.ceil(share * self.texts))
         return frozenset(s for s, c in self.templates.items() if c >= floor)
 
 
@@ -184,6 +192,8 @@ def _shrunk(count: float, total: float, prior: float) -> float:
 
 def _signal_values(
     requests: int,
+    texts: int,
+    topics: tuple[int, int],
     counts: dict[str, float],
     rate_ratio: float,
     output_ratio: float,
@@ -193,20 +203,24 @@ def _signal_values(
 ) -> NDArray[np.float64]:
     values = np.zeros(len(FEATURES))
     for name in (
-        "near_duplicates",
-        "template_reuse",
         "reasoning",
         "logprobs",
         "multiple_samples",
         "maximal_max_tokens",
         "long_outputs",
         "one_shot",
-        "topic_coverage",
-        "novelty",
     ):
         values[FEATURE_INDEX[name]] = _shrunk(
             counts[name], requests, FEATURES[FEATURE_INDEX[name]].prior
         )
+    for name in ("near_duplicates", "template_reuse", "novelty"):
+        values[FEATURE_INDEX[name]] = _shrunk(
+            counts[name], texts, FEATURES[FEATURE_INDEX[name]].prior
+        )
+    distinct, window = topics
+    values[FEATURE_INDEX["topic_coverage"]] = _shrunk(
+        distinct, window, FEATURES[FEATURE_INDEX["topic_coverage"]].prior
+    )
     values[FEATURE_INDEX["rate_vs_fleet"]] = min(max(math.log2(max(rate_ratio, 1e-6)), -6.0), 10.0)
     values[FEATURE_INDEX["output_ratio"]] = min(max(math.log2(output_ratio), -6.0), 8.0)
     # shrink regularity toward the prior too: few gaps say little
@@ -237,11 +251,12 @@ def account_signals(state: AccountState, fleet_rate: float) -> NDArray[np.float6
         "maximal_max_tokens": state.maximal_max_tokens,
         "long_outputs": state.long_outputs,
         "one_shot": state.one_shot,
-        "topic_coverage": state.new_topics,
         "novelty": state.novelty_sum,
     }
     return _signal_values(
         state.requests,
+        state.texts,
+        (len(state.topic_counts), len(state.recent_topics)),
         counts,
         state.rate_per_hour / max(fleet_rate, 1e-9),
         (state.completion_tokens + 1) / (state.prompt_tokens + 1),
@@ -269,9 +284,11 @@ def pooled_signals(members: Sequence[AccountState], fleet_rate: float) -> NDArra
         "maximal_max_tokens": sum(m.maximal_max_tokens for m in members),
         "long_outputs": sum(m.long_outputs for m in members),
         "one_shot": sum(m.one_shot for m in members),
-        "topic_coverage": sum(m.new_topics for m in members),
         "novelty": sum(m.novelty_sum for m in members),
     }
+    # the ring's topic coverage: its members' own windows, weighted by their size
+    distinct = sum(len(m.topic_counts) for m in members)
+    window = sum(len(m.recent_topics) for m in members)
     mean_rate = sum(m.rate_per_hour for m in members) / len(members)
     prompt_tokens = sum(m.prompt_tokens for m in members)
     completion_tokens = sum(m.completion_tokens for m in members)
@@ -280,6 +297,8 @@ def pooled_signals(members: Sequence[AccountState], fleet_rate: float) -> NDArra
     span = (max(m.last_time for m in members) - min(m.first_time for m in members)) / 86_400.0
     return _signal_values(
         requests,
+        sum(m.texts for m in members),
+        (distinct, window),
         counts,
         mean_rate / max(fleet_rate, 1e-9),
         (completion_tokens + 1) / (prompt_tokens + 1),

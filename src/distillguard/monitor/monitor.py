@@ -71,8 +71,10 @@ class RingReport:
 class _Account:
     state: AccountState
     score: float = 0.0
+    peak: float = 0.0  # the highest score so far: tiers follow it (thresholds are fitted on peaks)
     ring: int | None = None
     ring_score: float = 0.0
+    ring_peak: float = 0.0
     tier: str = "normal"
     pinned: bool = False
     flagged_at: int | None = None
@@ -168,6 +170,8 @@ class Monitor:
             entry.state.update(event, prompt)
             signals = account_signals(entry.state, self._fleet_rate)
             entry.score = self.model.score(signals)
+            if entry.state.requests >= self.model.min_requests:
+                entry.peak = max(entry.peak, entry.score)
             if self.trace is not None:
                 self.trace(event.account, entry.state.requests, signals, entry.score)
             self._retier(entry)
@@ -185,7 +189,7 @@ class Monitor:
     def _retier(self, entry: _Account) -> None:
         if entry.pinned:
             return
-        score = max(entry.score, entry.ring_score if entry.ring is not None else 0.0)
+        score = max(entry.peak, entry.ring_peak)
         requests = entry.state.requests
         if entry.ring is not None:  # a ring's evidence is its pooled requests
             requests = max(requests, self._rings[entry.ring].requests)
@@ -254,6 +258,7 @@ class Monitor:
             for account in members:
                 entry = self._accounts[account]
                 entry.ring, entry.ring_score = number, score
+                entry.ring_peak = max(entry.ring_peak, score)
         self._rings = rings
         for entry in self._accounts.values():
             if entry.ring is not None:

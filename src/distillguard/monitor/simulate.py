@@ -126,6 +126,7 @@ class Population:
     rings: int = 1
     ring_size: int = 100
     mixed: int = 8
+    stealth: int = 0  # a stress test beyond the issue's shapes (see _Planner.stealth)
     days: float = 7.0
     slow_budget: int = 1500
 
@@ -137,7 +138,8 @@ class Population:
 
 @dataclass(frozen=True)
 class Truth:
-    kind: str  # "casual", "power", "developer", "batch" (benign) or "fast", "slow", "ring", "mixed"
+    kind: str  # benign: "casual", "power", "developer", "batch";
+    # harvesters: "fast", "slow", "ring", "mixed", "stealth"
     campaign: str | None  # harvest campaign (a ring's accounts share one); None for benign
 
     @property
@@ -375,6 +377,30 @@ class _Planner:
             time = self.waking_time(offset, int(self.rng.integers(days)))
             self.add(time, account, self.harvest_body(style))
 
+    def stealth(self, account: str, campaign: str) -> None:
+        """A harvester that mimics a person in every signal it can without losing the outputs:
+        no reasoning phrases, no max_tokens, logprobs or n, made-up earlier turns, sessions in
+        waking hours at a person's pace. What is left: one template, a sweep of new topics."""
+        self.truth[account] = Truth("stealth", campaign)
+        plain = [t for t in self.templates if not asks_for_reasoning(t)]
+        style = self.campaign_style() | {
+            "templates": [plain[int(self.rng.integers(len(plain)))]],
+            "logprobs": 0.0,
+            "multi_n": 0.0,
+            "maximal": 0.0,
+            "padded": True,
+            "system": False,
+        }
+        offset = float(self.rng.uniform(0, 24))
+        days = math.ceil(self.population.days)
+        for _ in range(int(self.rng.integers(40, 81))):
+            time = self.waking_time(offset, int(self.rng.integers(days)))
+            for _ in range(int(self.rng.integers(3, 9))):
+                body = self.harvest_body(style)
+                body.pop("max_tokens", None)
+                self.add(time, account, body)
+                time += float(self.rng.lognormal(math.log(60.0), 0.9)) + 5.0
+
     def plan(self) -> list[_Request]:
         population = self.population
         counts = {
@@ -401,6 +427,8 @@ class _Planner:
             self.ring(members, f"ring-{ring}")
         for index in range(population.mixed):
             self.mixed(f"hm{index:03d}", f"mixed-{index}")
+        for index in range(population.stealth):
+            self.stealth(f"hx{index:03d}", f"stealth-{index}")
         return sorted(self.requests)
 
 
