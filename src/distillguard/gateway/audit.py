@@ -25,7 +25,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["AuditLog", "ChainVerification", "UsageRecord", "purge_text", "verify_chain"]
+__all__ = [
+    "AuditLog",
+    "ChainVerification",
+    "UsageRecord",
+    "purge_text",
+    "read_usage",
+    "verify_chain",
+]
 
 GENESIS = "0" * 64
 _USAGE_COLUMNS = (
@@ -255,3 +262,29 @@ def purge_text(connection: sqlite3.Connection, before: str) -> int:
             (before,),
         )
     return cursor.rowcount
+
+
+def read_usage(
+    connection: sqlite3.Connection, *, tenant: str | None = None, key_id: str | None = None
+) -> list[UsageRecord]:
+    """Usage rows in the order they were written, texts decompressed (empty once purged);
+    `output_text` is the JSON array of the choices' texts."""
+    query = f"SELECT {', '.join(_USAGE_COLUMNS)} FROM usage"
+    clauses, arguments = [], []
+    if tenant is not None:
+        clauses.append("tenant = ?")
+        arguments.append(tenant)
+    if key_id is not None:
+        clauses.append("key_id = ?")
+        arguments.append(key_id)
+    if clauses:
+        query += " WHERE " + " AND ".join(clauses)
+    records = []
+    for values in connection.execute(query + " ORDER BY rowid", arguments):
+        row = dict(zip(_USAGE_COLUMNS, values, strict=True))
+        for name in ("prompt_text", "output_text"):
+            blob = row[name]
+            row[name] = zlib.decompress(blob).decode() if blob else ""
+        row["parameters"] = json.loads(row["parameters"])
+        records.append(UsageRecord(**row))
+    return records

@@ -1,0 +1,391 @@
+"""The distillation loop at small scale: harvest, train students, audit them.
+
+1. The teacher (the embedded model by default) serves behind the real gateway, in-process. A
+   harvester tenant sends completion requests and the gateway watermarks the outputs with its
+   key. They are metered and audited like any traffic.
+2. Students (small GPT-2s, from scratch) are trained on a mix of the harvested outputs, read
+   back from the usage log, and clean text. At contamination c, a fraction c of the training
+   tokens comes from the harvest. The clean text is held-out prose from the teacher's corpus and
+   a human text file (tinyshakespeare).
+3. Each student is audited both ways:
+   - black-box, served unwatermarked behind a gateway and queried with the harvester's logged
+     prompts;
+   - open weights, teacher-forced on the harvester's logged outputs.
+
+   Every key of `tenants` tenants is tested, so attribution is a 1-in-N choice. Controls: the
+   teacher itself, and watermarked prompts sent to a clean student.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import secrets
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from distillguard.forensics.radioactivity import (
+    RadioactivityResult,
+    black_box_test,
+    open_weights_test,
+)
+from distillguard.keys import derive_tenant_key, record_commitment
+from distillguard.watermark.key import WatermarkKey
+from distillguard.watermark.scheme import SchemeConfig
+
+__all__ = [
+    "ExperimentConfig",
+    "Harvest",
+    "StudentConfig",
+    "audit_student",
+    "harvest",
+    "train_student",
+]
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    layers: int = 2
+    width: int = 128
+    heads: int = 2
+    context: int = 128
+    train_tokens: int = 1_000_000
+    batch_size: int = 32
+    learning_rate: float = 3e-3
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    harvest_queries: int = 2000
+    harvest_max_tokens: int = 128
+    prompt_words: int = 12
+    audit_queries: int = 2000  # black-box budget
+    audit_max_tokens: int = 64
+    open_contexts: int = 20_000  # open-weights budget
+    tenants: int = 100
+    student: StudentConfig = field(default_factory=StudentConfig)
+
+
+@dataclass
+class Harvest:
+    """What the harvester got, as logged by the gateway."""
+
+    prompts: list[str]
+    outputs: list[str]
+    keys: list[WatermarkKey]  # every tenant's key; keys[0] is the harvester's
+    scheme: SchemeConfig
+    tokenizer: Any
+    home: Path  # the gateway's state (usage log, audit chain, commitments)
+    seconds: float
+
+    @property
+    def harvester(self) -> WatermarkKey:
+        return self.keys[0]
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        encoded = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        return [list(ids) for ids in encoded]
+
+
+def _tenant_names(count: int) -> list[str]:
+    return ["harvester"] + [f"tenant-{index:03d}" for index in range(1, count)]
+
+
+def harvest(
+    prompts: Sequence[str],
+    home: Path,
+    config: ExperimentConfig,
+    *,
+    model: Path | None = None,
+    scheme: SchemeConfig | None = None,
+    progress: Progress | None = None,
+    concurrency: int = 32,
+) -> Harvest:
+    """Serve the teacher behind a gateway in `home` and harvest completions as one tenant."""
+    from distillguard.engine.engine import Engine
+    from distillguard.gateway.apikeys import KeyStore, create_api_key
+    from distillguard.gateway.app import Gateway
+    from distillguard.gateway.audit import AuditLog, read_usage
+    from distillguard.keys import init_master_secret
+    from distillguard.store import connect
+
+    started = time.perf_counter()
+    master, _ = init_master_secret(home)
+    connection = connect(home, shared=True)
+    names = _tenant_names(config.tenants)
+    with Engine(model, scheme=scheme) as engine:
+        keys = []
+        for name in names:
+            derived = derive_tenant_key(master, name)
+            record_commitment(connection, derived, engine.scheme)
+            keys.append(derived.watermark_key())
+        by_tenant = dict(zip(names, keys, strict=True))
+        api_key, _ = create_api_key(connection, "harvester", rpm=10**6, tpm=10**9, concurrency=64)
+        audit = AuditLog(lambda: connect(home))
+        gateway = Gateway(engine, KeyStore(connection), audit, by_tenant.get)
+        asyncio.run(
+            _send_all(
+                gateway.app,
+                api_key,
+                engine.model_name,
+                list(prompts),
+                config.harvest_max_tokens,
+                concurrency,
+                progress,
+            )
+        )
+        audit.close()
+        bound = engine.scheme
+        tokenizer = engine.loaded.tokenizer
+    rows = [row for row in read_usage(connection, tenant="harvester") if row.status == 200]
+    connection.close()
+    return Harvest(
+        prompts=[row.prompt_text for row in rows],
+        outputs=[json.loads(row.output_text)[0] for row in rows],
+        keys=keys,
+        scheme=bound,
+        tokenizer=tokenizer,
+        home=home,
+        seconds=time.perf_counter() - started,
+    )
+
+
+async def _send_all(
+    app: Any,
+    api_key: str,
+    model: str,
+    prompts: list[str],
+    max_tokens: int,
+    concurrency: int,
+    progress: Progress | None,
+) -> list[str]:
+    import httpx
+
+    limit = asyncio.Semaphore(concurrency)
+    done = 0
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://teacher") as client:
+
+        async def one(prompt: str) -> str:
+            nonlocal done
+            async with limit:
+                response = await client.post(
+                    "/v1/completions",
+                    json={"model": model, "prompt": prompt, "max_tokens": max_tokens},
+                    headers={"authorization": f"Bearer {api_key}"},
+                    timeout=600,
+                )
+            done += 1
+            if progress is not None and done % 250 == 0:
+                progress(f"harvested {done}/{len(prompts)}")
+            if response.status_code != 200:
+                return ""
+            return str(response.json()["choices"][0]["text"])
+
+        return list(await asyncio.gather(*(one(prompt) for prompt in prompts)))
+
+
+def train_student(
+    harvested: Sequence[Sequence[int]],
+    clean: Sequence[Sequence[int]],
+    contamination: float,
+    config: StudentConfig,
+    *,
+    vocab_size: int,
+    end_of_text: int,
+    output_dir: Path | None = None,
+    progress: Progress | None = None,
+) -> Any:
+    """A GPT-2 trained from scratch; a fraction `contamination` of its tokens are harvested."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    if not 0.0 <= contamination <= 1.0:
+        raise ValueError("contamination must be in [0, 1]")
+    rng = np.random.default_rng(config.seed)
+    torch.manual_seed(config.seed)
+    wanted = config.train_tokens
+    harvested_tokens = int(round(wanted * contamination))
+    stream = np.concatenate(
+        [
+            _stream(harvested, end_of_text, harvested_tokens, rng),
+            _stream(clean, end_of_text, wanted - harvested_tokens, rng),
+        ]
+    )
+    width = config.context + 1
+    rows = stream[: (stream.size // width) * width].reshape(-1, width)
+    rng.shuffle(rows)  # harvested and clean windows interleave
+    model = GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=vocab_size,
+            n_positions=config.context,
+            n_embd=config.width,
+            n_layer=config.layers,
+            n_head=config.heads,
+            bos_token_id=end_of_text,
+            eos_token_id=end_of_text,
+            pad_token_id=end_of_text,
+        )
+    )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.1)
+    steps = max(1, rows.shape[0] // config.batch_size)
+    model.train()
+    for step in range(steps):
+        batch = torch.from_numpy(rows[step * config.batch_size : (step + 1) * config.batch_size])
+        # linear warmup over 5% of the steps, then cosine decay
+        warmup = max(1, steps // 20)
+        scale = (step + 1) / warmup if step < warmup else 0.5 * (
+            1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup))
+        )
+        for group in optimizer.param_groups:
+            group["lr"] = config.learning_rate * scale
+        loss = model(input_ids=batch[:, :-1], labels=batch[:, :-1]).loss  # shifted inside
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        if progress is not None and (step + 1) % 50 == 0:
+            progress(f"step {step + 1}/{steps} loss {float(loss.detach()):.3f}")
+    model.eval()
+    if output_dir is not None:
+        model.save_pretrained(output_dir)
+    return model
+
+
+def _stream(
+    documents: Sequence[Sequence[int]], end_of_text: int, tokens: int, rng: np.random.Generator
+) -> np.ndarray:
+    """`tokens` tokens of the documents (each followed by end-of-text), shuffled and cycled."""
+    if tokens <= 0 or not documents:
+        return np.zeros(0, dtype=np.int64)
+    pieces: list[int] = []
+    while len(pieces) < tokens:
+        for index in rng.permutation(len(documents)):
+            pieces.extend(documents[int(index)])
+            pieces.append(end_of_text)
+            if len(pieces) >= tokens:
+                break
+    return np.asarray(pieces[:tokens], dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class StudentAudit:
+    black_box: RadioactivityResult
+    top1: RadioactivityResult
+    mass: RadioactivityResult
+    black_box_by_queries: dict[int, float]  # queries -> harvester's log10 p
+    open_by_contexts: dict[int, float]  # contexts -> harvester's log10 p (top-1)
+    seconds: float
+
+
+def audit_student(
+    model: Any,
+    run: Harvest,
+    config: ExperimentConfig,
+    *,
+    prompts: Sequence[str] | None = None,
+    seed: int = 0,
+) -> StudentAudit:
+    """Both audits of one suspect model, with p-values at growing budgets."""
+    started = time.perf_counter()
+    prompt_texts = list(prompts if prompts is not None else run.prompts)[: config.audit_queries]
+    prompt_ids = run.encode(prompt_texts)
+    outputs = sample(model, prompt_ids, config.audit_max_tokens, seed=seed)
+    black_box = black_box_test(run.scheme, run.keys, prompt_ids, outputs)
+    by_queries = {}
+    for budget in (250, 500, 1000, 2000):
+        if budget <= len(prompt_ids):
+            partial = black_box_test(run.scheme, run.keys[:1], prompt_ids[:budget], outputs[:budget])
+            by_queries[budget] = partial.detections[0].log10_p
+    documents = [p + o for p, o in zip(run.encode(run.prompts), run.encode(run.outputs), strict=True)]
+    top1, mass = open_weights_test(
+        model, run.scheme, run.keys, documents, max_contexts=config.open_contexts
+    )
+    by_contexts = {}
+    for budget in (1000, 5000, 20_000):
+        if budget <= config.open_contexts:
+            partial_top1, _ = open_weights_test(
+                model, run.scheme, run.keys[:1], documents, max_contexts=budget
+            )
+            by_contexts[budget] = partial_top1.detections[0].log10_p
+    return StudentAudit(
+        black_box, top1, mass, by_queries, by_contexts, time.perf_counter() - started
+    )
+
+
+def sample(
+    model: Any,
+    prompts: Sequence[Sequence[int]],
+    max_tokens: int,
+    *,
+    seed: int = 0,
+    temperature: float = 1.0,
+    batch_size: int = 64,
+) -> list[list[int]]:
+    """Sample completions from a local model, unwatermarked (the suspect's own outputs)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    limit = int(model.config.n_positions)
+    outputs: list[list[int]] = []
+    eos = int(model.config.eos_token_id)
+    model.eval()
+    with torch.no_grad():
+        for first in range(0, len(prompts), batch_size):
+            batch = [list(p)[-(limit - max_tokens) :] for p in prompts[first : first + batch_size]]
+            longest = max(len(p) for p in batch)
+            # left-pad so that every row's next token is at the last position
+            ids = torch.full((len(batch), longest), eos, dtype=torch.long)
+            mask = torch.zeros((len(batch), longest), dtype=torch.long)
+            for row, prompt in enumerate(batch):
+                ids[row, longest - len(prompt) :] = torch.tensor(prompt)
+                mask[row, longest - len(prompt) :] = 1
+            generated = [[] for _ in batch]
+            finished = [False] * len(batch)
+            past = None
+            step_ids = ids
+            positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+            step_positions = positions
+            for _ in range(max_tokens):
+                result = model(
+                    input_ids=step_ids,
+                    attention_mask=mask,
+                    position_ids=step_positions,
+                    past_key_values=past,
+                    use_cache=True,
+                )
+                past = result.past_key_values
+                logits = result.logits[:, -1, :].float() / temperature
+                chosen = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator)
+                for row in range(len(batch)):
+                    token = int(chosen[row, 0])
+                    if not finished[row]:
+                        if token == eos:
+                            finished[row] = True
+                        else:
+                            generated[row].append(token)
+                if all(finished):
+                    break
+                step_ids = chosen
+                mask = torch.cat([mask, torch.ones((len(batch), 1), dtype=torch.long)], dim=1)
+                step_positions = step_positions[:, -1:] + 1
+            outputs.extend(generated)
+    return outputs
+
+
+def new_home() -> Path:
+    return Path(tempfile.mkdtemp(prefix="distillguard-radioactivity-"))
+
+
+def random_seed() -> int:
+    return secrets.randbelow(2**31)
