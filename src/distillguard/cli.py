@@ -345,6 +345,103 @@ def audit_purge_text(state: _State, older_than_days: float) -> None:
     click.echo(f"removed the text of {removed} usage rows created before {stamp}")
 
 
+@audit.command("suspect")
+@click.option("--url", default=None, help="Black-box: the suspect's OpenAI-compatible base URL.")
+@click.option("--suspect-model", default=None, help="Black-box: the model name to ask for.")
+@click.option(
+    "--weights",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Open weights: the suspect's local Hugging Face model directory.",
+)
+@click.option(
+    "--reference",
+    default=None,
+    help="Control: a model that never saw our outputs (a URL in black-box mode, a directory "
+    "in open-weights mode), audited the same way.",
+)
+@click.option("--tenant", default=None, help="Use this tenant's logged traffic (default: all).")
+@click.option(
+    "--prompts",
+    "prompts_file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Black-box: prompts to send instead of logged ones (text, JSONL or CSV).",
+)
+@click.option("--queries", type=int, default=2000, show_default=True, help="Black-box budget.")
+@click.option("--max-tokens", type=int, default=64, show_default=True)
+@click.option(
+    "--contexts", type=int, default=20_000, show_default=True, help="Open-weights budget."
+)
+@scheme_options
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_obj
+def audit_suspect(
+    state: _State,
+    url: str | None,
+    suspect_model: str | None,
+    weights: Path | None,
+    reference: str | None,
+    tenant: str | None,
+    prompts_file: Path | None,
+    queries: int,
+    max_tokens: int,
+    contexts: int,
+    scheme: str,
+    gamma: float,
+    delta: float,
+    context_width: int,
+    seeding: str,
+    tokenizer_path: Path | None,
+    as_json: bool,
+) -> None:
+    """Test whether a suspect model learned from our watermarked outputs (radioactivity).
+
+    Black-box (--url, --suspect-model): send it logged prompts (or --prompts), score its
+    outputs against every tenant's key; tuples whose context is in the query's prompt are
+    dropped. Open weights (--weights DIR): teacher-force the logged outputs through it and test
+    whether its top-1 predictions, and its probability mass, favour green tokens. The suspect's
+    API key, if it needs one, is read from DISTILLGUARD_SUSPECT_API_KEY.
+    """
+    from distillguard.forensics.audit import run_audit
+
+    if (url is None) == (weights is None):
+        raise InputError("give either --url (black-box) or --weights (open weights)")
+    if url is not None and not suspect_model:
+        raise InputError("--suspect-model is required with --url")
+    if queries < 1 or contexts < 1 or max_tokens < 1:
+        raise InputError("--queries, --contexts and --max-tokens must be positive")
+    config, tokenizer = _bound_scheme(
+        _scheme(scheme, gamma, delta, context_width, seeding),
+        tokenizer_path or _embedded_model_dir(),
+    )
+    result = run_audit(
+        state.home,
+        config,
+        tokenizer,
+        url=url,
+        suspect_model=suspect_model,
+        weights=weights,
+        reference=reference,
+        tenant=tenant,
+        prompts_file=prompts_file,
+        queries=queries,
+        max_tokens=max_tokens,
+        contexts=contexts,
+        api_key=os.environ.get("DISTILLGUARD_SUSPECT_API_KEY"),
+    )
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+        return
+    click.echo(result.to_text())
+
+
+def _embedded_model_dir() -> Path:
+    from distillguard.engine.model import EMBEDDED_MODEL_DIR
+
+    return Path(EMBEDDED_MODEL_DIR)
+
+
 @main.group(invoke_without_command=True)
 @click.option(
     "--url",

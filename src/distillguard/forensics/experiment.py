@@ -215,7 +215,7 @@ def train_student(
     rng = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)
     wanted = config.train_tokens
-    harvested_tokens = int(round(wanted * contamination))
+    harvested_tokens = round(wanted * contamination)
     stream = np.concatenate(
         [
             _stream(harvested, end_of_text, harvested_tokens, rng),
@@ -244,8 +244,10 @@ def train_student(
         batch = torch.from_numpy(rows[step * config.batch_size : (step + 1) * config.batch_size])
         # linear warmup over 5% of the steps, then cosine decay
         warmup = max(1, steps // 20)
-        scale = (step + 1) / warmup if step < warmup else 0.5 * (
-            1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup))
+        scale = (
+            (step + 1) / warmup
+            if step < warmup
+            else 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
         )
         for group in optimizer.param_groups:
             group["lr"] = config.learning_rate * scale
@@ -256,7 +258,7 @@ def train_student(
         optimizer.step()
         if progress is not None and (step + 1) % 50 == 0:
             progress(f"step {step + 1}/{steps} loss {float(loss.detach()):.3f}")
-    model.eval()
+    model.eval()  # type: ignore[no-untyped-call]
     if output_dir is not None:
         model.save_pretrained(output_dir)
     return model
@@ -305,9 +307,13 @@ def audit_student(
     by_queries = {}
     for budget in (250, 500, 1000, 2000):
         if budget <= len(prompt_ids):
-            partial = black_box_test(run.scheme, run.keys[:1], prompt_ids[:budget], outputs[:budget])
+            partial = black_box_test(
+                run.scheme, run.keys[:1], prompt_ids[:budget], outputs[:budget]
+            )
             by_queries[budget] = partial.detections[0].log10_p
-    documents = [p + o for p, o in zip(run.encode(run.prompts), run.encode(run.outputs), strict=True)]
+    documents = [
+        p + o for p, o in zip(run.encode(run.prompts), run.encode(run.outputs), strict=True)
+    ]
     top1, mass = open_weights_test(
         model, run.scheme, run.keys, documents, max_contexts=config.open_contexts
     )
@@ -350,9 +356,9 @@ def sample(
             for row, prompt in enumerate(batch):
                 ids[row, longest - len(prompt) :] = torch.tensor(prompt)
                 mask[row, longest - len(prompt) :] = 1
-            generated = [[] for _ in batch]
+            generated: list[list[int]] = [[] for _ in batch]
             finished = [False] * len(batch)
-            past = None
+            cache = None
             step_ids = ids
             positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
             step_positions = positions
@@ -361,10 +367,10 @@ def sample(
                     input_ids=step_ids,
                     attention_mask=mask,
                     position_ids=step_positions,
-                    past_key_values=past,
+                    cache=cache,
                     use_cache=True,
                 )
-                past = result.past_key_values
+                cache = result.cache
                 logits = result.logits[:, -1, :].float() / temperature
                 chosen = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator)
                 for row in range(len(batch)):

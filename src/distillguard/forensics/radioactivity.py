@@ -11,7 +11,7 @@ Following Sander et al., "Watermarking Makes Language Models Radioactive" (NeurI
   that learned the watermark predicts green tokens more often than gamma. Each context counts
   once. The p-value is the exact binomial tail, as for text. A second statistic, the
   probability mass the suspect puts on green tokens, reads more of the logits; its p-value is a
-  Bernstein bound, valid but conservative.
+  Chernoff bound, valid but conservative.
 
 Under the null hypothesis (the suspect never learned from text watermarked with that key),
 each scored tuple is green with probability gamma, independently, because the keyed hash of
@@ -47,7 +47,6 @@ __all__ = [
     "RadioactivityResult",
     "black_box_test",
     "open_weights_test",
-    "prompt_context_digests",
 ]
 
 _CELLS_PER_CHUNK = 1 << 22
@@ -63,7 +62,7 @@ class RadioactivityResult:
     dropped: int  # tuples dropped: repeats, and contexts seen in the prompts (black-box)
     detections: tuple[Detection, ...]  # one per key, in the order the keys were given
     attribution: Attribution
-    exact: bool  # False for the mass statistic's Bernstein bound
+    exact: bool  # False for the mass statistic's Chernoff bound
 
     def for_key(self, key_id: str) -> Detection:
         for detection in self.detections:
@@ -87,19 +86,9 @@ def _window_digests(tokens: npt.NDArray[np.uint32], width: int) -> npt.NDArray[n
     return hashing.context_digest([tokens[j : j + count] for j in range(width)])
 
 
-def prompt_context_digests(
-    prompts: Sequence[Sequence[int]], config: SchemeConfig
-) -> npt.NDArray[np.uint32]:
-    """Sorted unique digests of every context window inside the prompts."""
-    parts = [
-        _window_digests(np.asarray(prompt, dtype=np.uint32), config.context_width)
-        for prompt in prompts
-    ]
-    joined = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint32)
-    return np.unique(joined)
-
-
-def _pack(digests: npt.NDArray[np.uint32], tokens: npt.NDArray[np.uint32]) -> npt.NDArray[np.uint64]:
+def _pack(
+    digests: npt.NDArray[np.uint32], tokens: npt.NDArray[np.uint32]
+) -> npt.NDArray[np.uint64]:
     return (digests.astype(np.uint64) << np.uint64(32)) | tokens.astype(np.uint64)
 
 
@@ -177,29 +166,35 @@ def black_box_test(
         raise InputError("no keys to test")
     width = config.context_width
     packed_parts = []
+    filtered = 0
     for prompt, output in zip(prompts, outputs, strict=True):
         if not len(output):
             continue
         sequence = np.asarray([*prompt, *output], dtype=np.uint32)
-        if sequence.size:
-            config.check_token_ids(int(sequence.max()))
+        config.check_token_ids(int(sequence.max()))
         first = max(len(prompt), width)  # completion tokens with a full context
         if sequence.size <= first:
             continue
         digests = _window_digests(sequence[:-1], width)[first - width :]
-        packed_parts.append(_pack(digests, sequence[first:]))
+        # a context that occurs in this query's own prompt may be the prompt's watermark
+        # echoed back: drop it (Sander et al.; facebookresearch/radioactive-watermark)
+        in_prompt = np.isin(digests, _window_digests(np.asarray(prompt, dtype=np.uint32), width))
+        filtered += int(in_prompt.sum())
+        packed_parts.append(_pack(digests[~in_prompt], sequence[first:][~in_prompt]))
     if not packed_parts:
         raise InputError("nothing to score: the outputs are empty or shorter than the context")
     packed = np.concatenate(packed_parts)
-    unique = np.unique(packed)
-    in_prompts = np.isin(
-        (unique >> np.uint64(32)).astype(np.uint32), prompt_context_digests(prompts, config)
-    )
-    kept = unique[~in_prompts]
+    kept = np.unique(packed)
     digests = (kept >> np.uint64(32)).astype(np.uint32)
     tokens = (kept & np.uint64(0xFFFFFFFF)).astype(np.uint32)
     return _binomial_result(
-        "black-box", "green tuples", keys, digests, tokens, int(packed.size - kept.size), config
+        "black-box",
+        "green tuples",
+        keys,
+        digests,
+        tokens,
+        filtered + int(packed.size - kept.size),
+        config,
     )
 
 
@@ -298,8 +293,8 @@ def open_weights_test(
 ) -> tuple[RadioactivityResult, RadioactivityResult]:
     """Teacher-force our watermarked documents through a local model (a transformers causal LM).
 
-    Returns the top-1 test (exact) and the green-mass test (Bernstein bound), each over at most
-    `max_contexts` distinct contexts.
+    Returns the top-1 test (exact) and the green-mass test (Chernoff bound). Reading stops at
+    `max_contexts` distinct (context, top-1 token) pairs.
     """
     _check_scheme(config)
     if not keys:
@@ -325,9 +320,7 @@ def open_weights_test(
         config,
     )
     # mass: one term per distinct context (the same context shares its green list)
-    mass = _mass_result(
-        keys, predictions, predictions.positions - predictions.digests.size, config
-    )
+    mass = _mass_result(keys, predictions, predictions.positions - predictions.digests.size, config)
     return top1, mass
 
 
@@ -336,9 +329,10 @@ def _mass_result(
 ) -> RadioactivityResult:
     """Sum over contexts of the top-k probability mass on green tokens, against gamma.
 
-    Under the null each term p(v) * (green(v) - gamma) is independent, zero-mean and bounded by
-    b = max p(v) * max(gamma, 1 - gamma); Bernstein's inequality bounds the upper tail:
-    P(S - E[S] >= x) <= exp(-x^2 / (2 var + 2 b x / 3)), var = gamma (1 - gamma) sum p(v)^2.
+    Under the null S = sum of w * X over independent X ~ Bernoulli(gamma), with weights w the
+    suspect's top-k probabilities. The p-value is the Chernoff bound
+    P(S >= s) <= min over lambda > 0 of exp(-lambda s) prod(1 - gamma + gamma exp(lambda w)),
+    a valid upper bound on the exact tail (tight to within a small factor in practice).
     """
     gamma = config.effective_gamma
     contexts, k = predictions.top_tokens.shape
@@ -348,8 +342,6 @@ def _mass_result(
     words = key_word_array(list(keys))
     threshold = np.uint32(config.green_threshold)
     chunk = max(1, _CELLS_PER_CHUNK // max(tokens.size, 1))
-    variance = gamma * (1 - gamma) * float((weights**2).sum())
-    bound = float(weights.max()) * max(gamma, 1 - gamma)
     expected = gamma * float(weights.sum())
     detections = []
     for first in range(0, len(keys), chunk):
@@ -357,12 +349,7 @@ def _mass_result(
         green = hashing.keyed_uniform(block, digests, tokens) < threshold
         masses = (green * weights[None, :]).sum(axis=1)
         for key, mass in zip(keys[first : first + chunk], masses.tolist(), strict=True):
-            excess = mass - expected
-            if excess <= 0:
-                log_p = 0.0
-            else:
-                log_p = -(excess**2) / (2 * variance + 2 * bound * excess / 3)
-            log10_p = log_p / math.log(10)
+            log10_p = _chernoff_log10(float(mass), weights, gamma)
             detections.append(
                 Detection(
                     key_id=key.key_id,
@@ -386,3 +373,23 @@ def _mass_result(
         attribution=attribute_detections(detections),
         exact=False,
     )
+
+
+def _chernoff_log10(observed: float, weights: npt.NDArray[np.float64], gamma: float) -> float:
+    """log10 of the Chernoff bound on P(sum w X >= observed), X ~ Bernoulli(gamma) i.i.d."""
+    from scipy.optimize import minimize_scalar
+
+    if observed <= gamma * float(weights.sum()):
+        return 0.0
+
+    def log_bound(lam: float) -> float:
+        # log(1 - g + g e^{lw}) computed stably as lw + log(g + (1 - g) e^{-lw})
+        scaled = lam * weights
+        terms = scaled + np.log(gamma + (1 - gamma) * np.exp(-scaled))
+        return float(terms.sum()) - lam * observed
+
+    upper = 1.0
+    while log_bound(upper * 2) < log_bound(upper) and upper < 1e6:
+        upper *= 2
+    best = minimize_scalar(log_bound, bounds=(0.0, upper * 2), method="bounded")
+    return min(0.0, float(best.fun)) / math.log(10)

@@ -269,7 +269,7 @@ def read_usage(
 ) -> list[UsageRecord]:
     """Usage rows in the order they were written, texts decompressed (empty once purged);
     `output_text` is the JSON array of the choices' texts."""
-    query = f"SELECT {', '.join(_USAGE_COLUMNS)} FROM usage"
+    query = f"SELECT {', '.join(_USAGE_COLUMNS)} FROM usage"  # noqa: S608 - fixed column names
     clauses, arguments = [], []
     if tenant is not None:
         clauses.append("tenant = ?")

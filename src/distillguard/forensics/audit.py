@@ -1,0 +1,321 @@
+"""An audit of a suspect model: what `distillguard audit suspect` runs.
+
+The evidence comes from our own records: the usage log holds every watermarked prompt and
+output the gateway served, with the tenant, the watermark key id and the scheme fingerprint.
+A black-box audit queries the suspect's OpenAI-compatible API with logged prompts (or a
+supplied set). An open-weights audit teacher-forces the logged outputs through a local model
+directory. Both test every tenant's key. A control run on a reference model goes beside them:
+a model that never saw our outputs, audited the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from distillguard.errors import ConfigError, InputError
+from distillguard.gateway.audit import read_usage
+
+__all__ = ["LoggedTraffic", "load_logged", "query_suspect"]
+
+
+@dataclass(frozen=True)
+class LoggedTraffic:
+    prompts: list[str]
+    outputs: list[str]  # the first choice of each logged response
+    tenants: list[str]
+    fingerprints: set[str]
+
+
+def load_logged(
+    connection: sqlite3.Connection, *, tenant: str | None = None, limit: int | None = None
+) -> LoggedTraffic:
+    """Watermarked traffic served with success, in the order it was logged."""
+    prompts, outputs, tenants = [], [], []
+    fingerprints: set[str] = set()
+    for row in read_usage(connection, tenant=tenant):
+        if row.status != 200 or not row.watermark_key_id or not row.output_text:
+            continue
+        texts = json.loads(row.output_text)
+        if not texts or not texts[0]:
+            continue
+        prompts.append(row.prompt_text)
+        outputs.append(str(texts[0]))
+        tenants.append(row.tenant)
+        if row.fingerprint:
+            fingerprints.add(row.fingerprint)
+        if limit is not None and len(prompts) >= limit:
+            break
+    if not prompts:
+        who = f"tenant {tenant!r}" if tenant else "any tenant"
+        raise InputError(
+            f"no watermarked traffic with text is logged for {who}: nothing to audit with"
+        )
+    return LoggedTraffic(prompts, outputs, tenants, fingerprints)
+
+
+def query_suspect(
+    url: str,
+    model: str,
+    prompts: Sequence[str],
+    *,
+    max_tokens: int = 64,
+    temperature: float = 1.0,
+    api_key: str | None = None,
+    concurrency: int = 16,
+    transport: Any = None,
+) -> list[str]:
+    """The suspect's completion for each prompt (legacy completions endpoint; empty on errors
+    of single requests, an error when the suspect cannot be reached at all)."""
+    import httpx
+
+    async def run() -> list[str]:
+        limit = asyncio.Semaphore(concurrency)
+        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        failures = 0
+        async with httpx.AsyncClient(
+            base_url=url.rstrip("/"), headers=headers, timeout=600, transport=transport
+        ) as client:
+
+            async def one(prompt: str) -> str:
+                nonlocal failures
+                async with limit:
+                    try:
+                        response = await client.post(
+                            "/completions",
+                            json={
+                                "model": model,
+                                "prompt": prompt,
+                                "max_tokens": max_tokens,
+                                "temperature": temperature,
+                            },
+                        )
+                    except httpx.HTTPError as exc:
+                        failures += 1
+                        if failures > len(prompts) // 2:
+                            raise ConfigError(f"cannot query the suspect at {url}: {exc}") from None
+                        return ""
+                if response.status_code != 200:
+                    failures += 1
+                    return ""
+                choices = response.json().get("choices") or [{}]
+                return str(choices[0].get("text") or "")
+
+            return list(await asyncio.gather(*(one(prompt) for prompt in prompts)))
+
+    outputs = asyncio.run(run())
+    if not any(outputs):
+        raise ConfigError(f"the suspect at {url} returned no completions for model {model!r}")
+    return outputs
+
+
+def load_suspect_weights(path: Path) -> Any:
+    """A local Hugging Face causal LM directory, on the CPU, in eval mode."""
+    from distillguard.errors import require
+
+    require("transformers", "model")
+    from transformers import AutoModelForCausalLM
+
+    if not Path(path).is_dir():
+        raise ConfigError(f"{path} is not a model directory")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot load a causal language model from {path}: {exc}") from None
+    model.eval()  # type: ignore[no-untyped-call]
+    return model
+
+
+@dataclass(frozen=True)
+class AuditOutcome:
+    """Results of one audit and its control, with what produced them."""
+
+    mode: str
+    suspect: str
+    reference: str | None
+    results: list[Any]  # RadioactivityResult: the suspect's tests
+    controls: list[Any]  # the same tests on the reference model
+    parameters: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "suspect": self.suspect,
+            "reference": self.reference,
+            "parameters": self.parameters,
+            "results": [_result_json(result) for result in self.results],
+            "controls": [_result_json(result) for result in self.controls],
+        }
+
+    def to_text(self) -> str:
+        from distillguard.watermark.detector import log10_to_text
+
+        lines = [f"{self.mode} audit of {self.suspect}"]
+        for label, group in (("suspect", self.results), ("control", self.controls)):
+            for result in group:
+                best = result.attribution.ranking[0]
+                detection = best.detection
+                lines.append(
+                    f"{label:<8} {result.statistic:<13} scored {result.scored:>7}  "
+                    f"best {detection.tenant or detection.key_id}: score {detection.score:.1f} "
+                    f"vs {detection.expected_score:.1f} expected, "
+                    f"p {log10_to_text(detection.log10_p)}, "
+                    f"{log10_to_text(best.adjusted_log10_p)} after Holm over "
+                    f"{result.attribution.keys_tested} tenants"
+                    + ("" if result.exact else " (Chernoff bound)")
+                )
+        return "\n".join(lines)
+
+
+def _result_json(result: Any) -> dict[str, Any]:
+    best = result.attribution.ranking[0]
+    return {
+        "mode": result.mode,
+        "statistic": result.statistic,
+        "exact": result.exact,
+        "scored": result.scored,
+        "dropped": result.dropped,
+        "best": {
+            "tenant": best.detection.tenant,
+            "key_id": best.detection.key_id,
+            "score": best.detection.score,
+            "expected": best.detection.expected_score,
+            "log10_p": best.detection.log10_p,
+            "adjusted_log10_p": best.adjusted_log10_p,
+        },
+        "keys": [
+            {
+                "tenant": detection.tenant,
+                "key_id": detection.key_id,
+                "score": detection.score,
+                "expected": detection.expected_score,
+                "log10_p": detection.log10_p,
+            }
+            for detection in result.detections
+        ],
+    }
+
+
+def tenant_keys(home: Path, config: Any, key_version: int = 1) -> list[Any]:
+    """The watermark key of every tenant with a recorded commitment under this scheme."""
+    from contextlib import closing
+
+    from distillguard.errors import FingerprintMismatchError, KeyNotFoundError
+    from distillguard.keys import derive_tenant_key, load_master_secret, recorded_commitments
+    from distillguard.store import connect
+
+    master = load_master_secret(home)
+    with closing(connect(home)) as connection:
+        recorded = [c for c in recorded_commitments(connection) if c.key_version == key_version]
+    if not recorded:
+        raise KeyNotFoundError("no tenant keys are recorded in this data directory")
+    accepted = {config.fingerprint, config.unbound().fingerprint}
+    names = sorted({c.tenant for c in recorded if c.fingerprint in accepted})
+    if not names:
+        raise FingerprintMismatchError(
+            f"no tenant was keyed under scheme {config.fingerprint}: pass the scheme options and "
+            "tokenizer the gateway used"
+        )
+    return [derive_tenant_key(master, name, key_version).watermark_key() for name in names]
+
+
+def run_audit(
+    home: Path,
+    config: Any,
+    tokenizer: Any,
+    *,
+    url: str | None = None,
+    suspect_model: str | None = None,
+    weights: Path | None = None,
+    reference: str | None = None,
+    tenant: str | None = None,
+    prompts_file: Path | None = None,
+    queries: int = 2000,
+    max_tokens: int = 64,
+    contexts: int = 20_000,
+    api_key: str | None = None,
+) -> AuditOutcome:
+    """Audit a suspect (black-box by URL, or open weights by directory) and its control."""
+    from contextlib import closing
+
+    from distillguard.errors import FingerprintMismatchError
+    from distillguard.forensics.radioactivity import black_box_test, open_weights_test
+    from distillguard.monitor.datasets import load_prompts
+    from distillguard.store import connect
+
+    keys = tenant_keys(home, config)
+    with closing(connect(home)) as connection:
+        logged = load_logged(connection, tenant=tenant)
+    if logged.fingerprints and config.fingerprint not in logged.fingerprints:
+        raise FingerprintMismatchError(
+            f"the logged outputs were watermarked under {sorted(logged.fingerprints)[0]}, not "
+            f"{config.fingerprint}: pass the scheme options and tokenizer the gateway used"
+        )
+
+    def encode(texts: Sequence[str]) -> list[list[int]]:
+        return [encoding.ids for encoding in tokenizer.encode_batch(list(texts))]
+
+    parameters: dict[str, Any] = {
+        "scheme_fingerprint": config.fingerprint,
+        "gamma": config.gamma,
+        "delta": config.delta,
+        "context_width": config.context_width,
+        "tenants_tested": len(keys),
+        "logged_tenant": tenant,
+    }
+    if url is not None:
+        prompts = load_prompts(prompts_file) if prompts_file is not None else logged.prompts
+        prompts = prompts[:queries]
+        parameters |= {"queries": len(prompts), "max_tokens": max_tokens}
+        prompt_ids = encode(prompts)
+
+        def audit_url(base: str, model: str) -> Any:
+            outputs = query_suspect(base, model, prompts, max_tokens=max_tokens, api_key=api_key)
+            return black_box_test(config, keys, prompt_ids, encode(outputs))
+
+        results = [audit_url(url, str(suspect_model))]
+        controls = [audit_url(reference, _first_model(reference))] if reference else []
+        return AuditOutcome(
+            "black-box", f"{suspect_model} at {url}", reference, results, controls, parameters
+        )
+    if weights is None:
+        raise InputError("give a suspect URL or a weights directory")
+    documents = [
+        prompt + output
+        for prompt, output in zip(encode(logged.prompts), encode(logged.outputs), strict=True)
+    ]
+    parameters |= {"contexts": contexts, "documents": len(documents)}
+    results = list(
+        open_weights_test(
+            load_suspect_weights(weights), config, keys, documents, max_contexts=contexts
+        )
+    )
+    controls = (
+        list(
+            open_weights_test(
+                load_suspect_weights(Path(reference)),
+                config,
+                keys,
+                documents,
+                max_contexts=contexts,
+            )
+        )
+        if reference
+        else []
+    )
+    return AuditOutcome("open-weights", str(weights), reference, results, controls, parameters)
+
+
+def _first_model(url: str) -> str:
+    import httpx
+
+    try:
+        response = httpx.get(url.rstrip("/") + "/models", timeout=30)
+        return str(response.json()["data"][0]["id"])
+    except (httpx.HTTPError, KeyError, IndexError, ValueError, TypeError) as exc:
+        raise ConfigError(f"cannot list the reference's models at {url}/models: {exc}") from None

@@ -1,0 +1,137 @@
+"""Radioactivity tests on synthetic suspects whose behaviour is known exactly."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from distillguard.errors import InputError, SchemeError
+from distillguard.forensics.radioactivity import (
+    _chernoff_log10,
+    black_box_test,
+    open_weights_test,
+)
+from distillguard.watermark import hashing
+from distillguard.watermark.key import WatermarkKey, key_word_array
+from distillguard.watermark.scheme import Scheme, SchemeConfig
+
+torch = pytest.importorskip("torch")
+
+VOCAB = 512
+CONFIG = SchemeConfig(context_width=1).bind(VOCAB)
+
+
+def key(name: str) -> WatermarkKey:
+    return WatermarkKey(f"wk_{name}", name.encode().ljust(32, b"k"), name)
+
+
+KEYS = [key("a"), key("b"), key("c")]
+
+
+def green_mask(watermark: WatermarkKey, previous: int) -> np.ndarray:
+    digest = hashing.context_digest([np.asarray([previous], dtype=np.uint32)])
+    words = key_word_array([watermark])[0]
+    uniforms = hashing.keyed_uniform(
+        words, np.repeat(digest, VOCAB), np.arange(VOCAB, dtype=np.uint32)
+    )
+    return uniforms < np.uint32(CONFIG.green_threshold)
+
+
+def biased_text(rng: np.random.Generator, length: int, bias: float, start: int) -> list[int]:
+    """Tokens that are green under key "a" with probability `bias` (gamma when unbiased)."""
+    tokens = [start]
+    for _ in range(length):
+        green = np.flatnonzero(green_mask(KEYS[0], tokens[-1]))
+        pool = green if rng.random() < bias else np.arange(VOCAB)
+        tokens.append(int(rng.choice(pool)))
+    return tokens[1:]
+
+
+def test_black_box_finds_and_attributes_a_suspect_that_favours_green() -> None:
+    rng = np.random.default_rng(0)
+    prompts = [list(rng.integers(0, VOCAB, 8)) for _ in range(40)]
+    outputs = [biased_text(rng, 50, 0.3, int(p[-1])) for p in prompts]
+    result = black_box_test(CONFIG, KEYS, prompts, outputs)
+    assert result.attribution.best.tenant == "a"
+    assert result.for_key(KEYS[0].key_id).log10_p < -6
+    for other in KEYS[1:]:
+        assert result.for_key(other.key_id).log10_p > -3
+    assert result.exact and result.mode == "black-box"
+
+
+def test_an_echoed_watermarked_prompt_does_not_make_a_clean_model_radioactive() -> None:
+    rng = np.random.default_rng(1)
+    watermarked = [biased_text(rng, 60, 1.0, 7) for _ in range(30)]
+    # a clean model that repeats the end of its prompt, then goes on at random
+    outputs = [p[30:] + list(rng.integers(0, VOCAB, 30)) for p in watermarked]
+    echoed = black_box_test(CONFIG, KEYS, watermarked, outputs)
+    assert echoed.dropped > 0
+    assert echoed.for_key(KEYS[0].key_id).log10_p > -3
+    assert (
+        black_box_test(CONFIG, KEYS, [[]] * 30, watermarked).for_key(KEYS[0].key_id).log10_p < -20
+    )  # the same tokens as an output, without the prompt: detected
+
+
+def test_black_box_p_values_are_calibrated_on_clean_outputs() -> None:
+    rng = np.random.default_rng(2)
+    p_values = []
+    for _ in range(200):
+        prompts = [list(rng.integers(0, VOCAB, 4)) for _ in range(5)]
+        outputs = [list(rng.integers(0, VOCAB, 30)) for _ in range(5)]
+        p_values.append(black_box_test(CONFIG, KEYS[:1], prompts, outputs).detections[0].p_value)
+    share = float(np.mean(np.asarray(p_values) <= 0.05))
+    assert share <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / 200)
+
+
+class _Suspect(torch.nn.Module):  # type: ignore[misc]
+    """Logits that favour key "a"'s green tokens after each token by `bias` (h = 1)."""
+
+    def __init__(self, bias: float, seed: int = 0) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        self.base = torch.randn(VOCAB, VOCAB, generator=generator) * 2.0
+        masks = np.stack([green_mask(KEYS[0], previous) for previous in range(VOCAB)])
+        self.base += bias * torch.from_numpy(masks.astype(np.float32))
+        self.config = type("C", (), {"n_positions": 64, "vocab_size": VOCAB})()
+
+    def forward(self, input_ids: Any, attention_mask: Any = None) -> Any:
+        return type("Out", (), {"logits": self.base[input_ids]})()
+
+
+def test_open_weights_reads_a_learned_watermark_from_top1_and_mass() -> None:
+    rng = np.random.default_rng(3)
+    documents = [list(rng.integers(0, VOCAB, 64)) for _ in range(80)]
+    top1, mass = open_weights_test(_Suspect(bias=3.0), CONFIG, KEYS, documents)
+    assert top1.attribution.best.tenant == "a" and top1.for_key(KEYS[0].key_id).log10_p < -10
+    assert mass.attribution.best.tenant == "a" and mass.for_key(KEYS[0].key_id).log10_p < -10
+    assert not mass.exact
+    for other in KEYS[1:]:
+        assert top1.for_key(other.key_id).log10_p > -4
+
+
+def test_open_weights_on_a_model_that_never_saw_the_key_is_null() -> None:
+    rng = np.random.default_rng(4)
+    documents = [list(rng.integers(0, VOCAB, 64)) for _ in range(80)]
+    top1, mass = open_weights_test(_Suspect(bias=0.0, seed=9), CONFIG, KEYS, documents)
+    assert min(d.log10_p for d in top1.detections) > -3
+    assert min(d.log10_p for d in mass.detections) > -3
+
+
+def test_the_chernoff_bound_is_above_the_simulated_tail() -> None:
+    rng = np.random.default_rng(5)
+    weights = rng.dirichlet(np.ones(8), size=200).reshape(-1)
+    draws = (rng.random((20_000, weights.size)) < 0.25) @ weights
+    for observed in np.quantile(draws, [0.9, 0.99, 0.999]):
+        tail = float(np.mean(draws >= observed))
+        assert 10 ** _chernoff_log10(float(observed), weights, 0.25) >= tail
+
+
+def test_unsupported_schemes_and_bad_input_are_refused() -> None:
+    with pytest.raises(SchemeError, match="left-hash green-list"):
+        black_box_test(SchemeConfig(scheme=Scheme.GUMBEL).bind(VOCAB), KEYS, [[1]], [[2, 3]])
+    with pytest.raises(InputError, match="one output per prompt"):
+        black_box_test(CONFIG, KEYS, [[1]], [])
+    with pytest.raises(InputError, match="nothing to score"):
+        black_box_test(CONFIG, KEYS, [[1]], [[]])
