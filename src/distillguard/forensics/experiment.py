@@ -46,6 +46,7 @@ __all__ = [
     "StudentConfig",
     "audit_student",
     "harvest",
+    "pretrain_base",
     "train_student",
 ]
 
@@ -54,13 +55,21 @@ Progress = Callable[[str], None]
 
 @dataclass(frozen=True)
 class StudentConfig:
+    """A student: a base model pretrained on clean text, then fine-tuned on the mix.
+
+    Distillers fine-tune a base model on harvested outputs; pretraining the base once and
+    fine-tuning a copy per contamination level is also what makes the loop fit on a CPU.
+    """
+
     layers: int = 2
     width: int = 128
     heads: int = 2
     context: int = 128
-    train_tokens: int = 1_000_000
-    batch_size: int = 32
-    learning_rate: float = 3e-3
+    base_tokens: int = 2_000_000  # clean pretraining of the shared base
+    train_tokens: int = 500_000  # fine-tuning on the mix
+    batch_size: int = 16
+    base_learning_rate: float = 3e-3
+    learning_rate: float = 1e-3
     seed: int = 0
 
 
@@ -203,10 +212,14 @@ def train_student(
     *,
     vocab_size: int,
     end_of_text: int,
+    base: Any = None,
     output_dir: Path | None = None,
     progress: Progress | None = None,
 ) -> Any:
-    """A GPT-2 trained from scratch; a fraction `contamination` of its tokens are harvested."""
+    """A GPT-2 fine-tuned from `base` (or trained from scratch without one) on `train_tokens`
+    tokens, a fraction `contamination` of them harvested."""
+    import copy
+
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -225,19 +238,24 @@ def train_student(
     width = config.context + 1
     rows = stream[: (stream.size // width) * width].reshape(-1, width)
     rng.shuffle(rows)  # harvested and clean windows interleave
-    model = GPT2LMHeadModel(
-        GPT2Config(
-            vocab_size=vocab_size,
-            n_positions=config.context,
-            n_embd=config.width,
-            n_layer=config.layers,
-            n_head=config.heads,
-            bos_token_id=end_of_text,
-            eos_token_id=end_of_text,
-            pad_token_id=end_of_text,
+    if base is not None:
+        model = copy.deepcopy(base)
+        learning_rate = config.learning_rate
+    else:
+        model = GPT2LMHeadModel(
+            GPT2Config(
+                vocab_size=vocab_size,
+                n_positions=config.context,
+                n_embd=config.width,
+                n_layer=config.layers,
+                n_head=config.heads,
+                bos_token_id=end_of_text,
+                eos_token_id=end_of_text,
+                pad_token_id=end_of_text,
+            )
         )
-    )
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.1)
+        learning_rate = config.base_learning_rate
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.1)
     steps = max(1, rows.shape[0] // config.batch_size)
     model.train()
     for step in range(steps):
@@ -250,7 +268,7 @@ def train_student(
             else 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
         )
         for group in optimizer.param_groups:
-            group["lr"] = config.learning_rate * scale
+            group["lr"] = learning_rate * scale
         loss = model(input_ids=batch[:, :-1], labels=batch[:, :-1]).loss  # shifted inside
         optimizer.zero_grad()
         loss.backward()
@@ -258,10 +276,32 @@ def train_student(
         optimizer.step()
         if progress is not None and (step + 1) % 50 == 0:
             progress(f"step {step + 1}/{steps} loss {float(loss.detach()):.3f}")
-    model.eval()  # type: ignore[no-untyped-call]
+    model.eval()
     if output_dir is not None:
         model.save_pretrained(output_dir)
     return model
+
+
+def pretrain_base(
+    clean: Sequence[Sequence[int]],
+    config: StudentConfig,
+    *,
+    vocab_size: int,
+    end_of_text: int,
+    progress: Progress | None = None,
+) -> Any:
+    """The students' shared base: a GPT-2 trained from scratch on clean text only."""
+    from dataclasses import replace
+
+    return train_student(
+        [],
+        clean,
+        0.0,
+        replace(config, train_tokens=config.base_tokens, seed=config.seed + 10_000),
+        vocab_size=vocab_size,
+        end_of_text=end_of_text,
+        progress=progress,
+    )
 
 
 def _stream(
