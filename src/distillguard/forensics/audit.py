@@ -180,6 +180,7 @@ def _result_json(result: Any) -> dict[str, Any]:
         "exact": result.exact,
         "scored": result.scored,
         "dropped": result.dropped,
+        "curve": [list(point) for point in result.curve],
         "best": {
             "tenant": best.detection.tenant,
             "key_id": best.detection.key_id,

@@ -63,6 +63,7 @@ class RadioactivityResult:
     detections: tuple[Detection, ...]  # one per key, in the order the keys were given
     attribution: Attribution
     exact: bool  # False for the mass statistic's Chernoff bound
+    curve: tuple[tuple[int, float], ...] = ()  # (tuples scored, log10 p) for the best key
 
     def for_key(self, key_id: str) -> Detection:
         for detection in self.detections:
@@ -140,14 +141,36 @@ def _binomial_result(
                 gamma=gamma,
             )
         )
+    attribution = attribute_detections(detections)
+    best = next(k for k in keys if k.key_id == attribution.best.key_id)
     return RadioactivityResult(
         mode=mode,
         statistic=statistic,
         scored=int(tokens.size),
         dropped=dropped,
         detections=tuple(detections),
-        attribution=attribute_detections(detections),
+        attribution=attribution,
         exact=True,
+        curve=_curve(best, digests, tokens, config),
+    )
+
+
+def _curve(
+    key: WatermarkKey,
+    digests: npt.NDArray[np.uint32],
+    tokens: npt.NDArray[np.uint32],
+    config: SchemeConfig,
+) -> tuple[tuple[int, float], ...]:
+    """The key's p-value as tuples accumulate (in a fixed pseudo-random order: by digest)."""
+    words = key_word_array([key])[0]
+    green = hashing.keyed_uniform(words, digests, tokens) < np.uint32(config.green_threshold)
+    running = np.cumsum(green)
+    points = sorted({int(n) for n in np.geomspace(10, tokens.size, 16)} | {tokens.size})
+    gamma = config.effective_gamma
+    return tuple(
+        (n, stats.binomial_upper_tail(int(running[n - 1]), n, gamma)[1])
+        for n in points
+        if 0 < n <= tokens.size
     )
 
 

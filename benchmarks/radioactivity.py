@@ -1,0 +1,197 @@
+"""Radioactivity: does a student distilled from our watermarked outputs carry the watermark?
+
+The loop (distillguard.forensics.experiment): the embedded model serves behind the gateway, and
+a harvester tenant collects completions (watermarked with its key). A clean base GPT-2 is
+pretrained once on held-out prose and tinyshakespeare. Students fine-tune copies of the base on
+the harvest mixed with clean text at several contamination levels. Each student is audited
+black-box (2,000 queries with the harvester's logged prompts) and with open weights (20,000
+teacher-forced contexts), against 100 tenant keys.
+
+Controls: clean students (contamination 0, several seeds), the teacher itself (its own,
+unwatermarked predictions), and watermarked texts sent as prompts to a clean student.
+
+    .venv/bin/python benchmarks/radioactivity.py [--json] [--harvest 5000] [--clean-seeds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from _common import data_dir, print_table
+from distillguard.engine.corpus import build_corpus
+from distillguard.engine.model import load_model
+from distillguard.forensics.experiment import (
+    ExperimentConfig,
+    StudentConfig,
+    audit_student,
+    harvest,
+    new_home,
+    pretrain_base,
+    sample,
+    train_student,
+)
+from distillguard.forensics.radioactivity import black_box_test, open_weights_test
+
+CONTAMINATIONS = (1.0, 0.2, 0.05, 0.01, 0.0)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--harvest", type=int, default=5000, help="harvest queries")
+    parser.add_argument("--clean-seeds", type=int, default=5)
+    parser.add_argument("--save", help="also write the JSON object to this file")
+    args = parser.parse_args()
+
+    def log(message: str) -> None:
+        if not args.json:
+            print(message, file=sys.stderr, flush=True)
+
+    started = time.perf_counter()
+    config = ExperimentConfig()
+    corpus = build_corpus()
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(corpus.train))[: args.harvest]
+    prompts = [" ".join(corpus.train[int(i)].split()[:12]) for i in order]
+    run = harvest(prompts, new_home(), config, progress=log)
+    log(f"harvested {len(run.outputs)} completions in {run.seconds:.0f} s")
+    harvested_ids = [
+        p + o for p, o in zip(run.encode(run.prompts), run.encode(run.outputs), strict=True)
+    ]
+    shakespeare = (data_dir() / "karpathy_char-rnn__input.txt").read_text().split("\n\n")
+    clean = run.encode(list(corpus.validation) + shakespeare)
+    vocab, eos = int(run.scheme.vocab_size or 0), int(run.tokenizer.eos_token_id)
+    student = StudentConfig()
+    base = pretrain_base(clean, student, vocab_size=vocab, end_of_text=eos)
+    log(f"base pretrained ({student.base_tokens:,} clean tokens)")
+    harvester = run.harvester.key_id
+
+    rows: list[dict[str, Any]] = []
+    students: dict[str, Any] = {}
+    plan = [(c, 0) for c in CONTAMINATIONS] + [(0.0, s) for s in range(1, args.clean_seeds)]
+    for contamination, seed in plan:
+        model = train_student(
+            harvested_ids,
+            clean,
+            contamination,
+            replace(student, seed=seed),
+            vocab_size=vocab,
+            end_of_text=eos,
+            base=base,
+        )
+        audit = audit_student(model, run, config, seed=seed)
+        students[f"{contamination}-{seed}"] = model
+        row = {
+            "contamination": contamination,
+            "seed": seed,
+            "closed_log10_p": audit.black_box.for_key(harvester).log10_p,
+            "closed_green": audit.black_box.for_key(harvester).score,
+            "closed_scored": audit.black_box.scored,
+            "closed_best": audit.black_box.attribution.best.tenant,
+            "closed_min_log10_p_any_key": min(d.log10_p for d in audit.black_box.detections),
+            "open_log10_p": audit.top1.for_key(harvester).log10_p,
+            "open_scored": audit.top1.scored,
+            "open_best": audit.top1.attribution.best.tenant,
+            "open_min_log10_p_any_key": min(d.log10_p for d in audit.top1.detections),
+            "mass_log10_p": audit.mass.for_key(harvester).log10_p,
+            "closed_by_queries": audit.black_box_by_queries,
+            "open_by_contexts": audit.open_by_contexts,
+        }
+        rows.append(row)
+        log(
+            f"contamination {contamination:.0%} seed {seed}: "
+            f"black-box p 1e{row['closed_log10_p']:.1f}"
+            f" (best {row['closed_best']}), open p 1e{row['open_log10_p']:.1f}"
+            f" (best {row['open_best']})"
+        )
+
+    # controls: the teacher's own predictions, and watermarked prompts sent to a clean student
+    teacher = load_model(None).model
+    teacher_top1, _ = open_weights_test(
+        teacher, run.scheme, run.keys, harvested_ids, max_contexts=config.open_contexts
+    )
+    teacher_prompts = run.encode(run.prompts)[: config.audit_queries]
+    teacher_outputs = sample(teacher, teacher_prompts, config.audit_max_tokens)
+    teacher_closed = black_box_test(run.scheme, run.keys, teacher_prompts, teacher_outputs)
+    watermarked_prompts = [ids[-48:] for ids in run.encode(run.outputs)][: config.audit_queries]
+    clean_student = students["0.0-0"]
+    echo_outputs = sample(clean_student, watermarked_prompts, config.audit_max_tokens)
+    echo = black_box_test(run.scheme, run.keys, watermarked_prompts, echo_outputs)
+    controls = {
+        "teacher_open_min_log10_p": min(d.log10_p for d in teacher_top1.detections),
+        "teacher_closed_min_log10_p": min(d.log10_p for d in teacher_closed.detections),
+        "watermarked_prompts_min_log10_p": min(d.log10_p for d in echo.detections),
+    }
+    clean_rows = [row for row in rows if row["contamination"] == 0.0]
+    null_min = min(
+        [r["closed_min_log10_p_any_key"] for r in clean_rows]
+        + [r["open_min_log10_p_any_key"] for r in clean_rows]
+        + list(controls.values())
+    )
+
+    def at(contamination: float, key: str) -> float:
+        return float(
+            next(r[key] for r in rows if r["contamination"] == contamination and r["seed"] == 0)
+        )
+
+    attributed = [
+        r["closed_best"] == "harvester" and r["open_best"] == "harvester"
+        for r in rows
+        if r["contamination"] >= 0.05
+    ]
+    report = {
+        "closed_p_100": 10 ** at(1.0, "closed_log10_p"),
+        "closed_p_20": 10 ** at(0.2, "closed_log10_p"),
+        "closed_p_5": 10 ** at(0.05, "closed_log10_p"),
+        "closed_p_1": 10 ** at(0.01, "closed_log10_p"),
+        "open_p_100": 10 ** at(1.0, "open_log10_p"),
+        "open_p_20": 10 ** at(0.2, "open_log10_p"),
+        "open_p_5": 10 ** at(0.05, "open_log10_p"),
+        "open_p_1": 10 ** at(0.01, "open_log10_p"),
+        "closed_log10_p_5": at(0.05, "closed_log10_p"),
+        "open_log10_p_5": at(0.05, "open_log10_p"),
+        "null_min_p": 10**null_min,
+        "attribution_correct": all(attributed),
+        "tenants": config.tenants,
+        "context_width": run.scheme.context_width,
+        "harvest_completions": len(run.outputs),
+        "rows": rows,
+        "controls": controls,
+        "seconds": time.perf_counter() - started,
+    }
+    if args.save:
+        with open(args.save, "w") as handle:
+            json.dump(report, handle, indent=2)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print_table(
+        f"Radioactivity (h = {run.scheme.context_width}, {config.tenants} tenants; log10 p of the "
+        "harvester's key, best key in brackets)",
+        [
+            (
+                f"{r['contamination']:.0%} seed {r['seed']}",
+                f"black-box {r['closed_log10_p']:8.2f} [{r['closed_best']}]   "
+                f"open top-1 {r['open_log10_p']:8.2f} [{r['open_best']}]   "
+                f"mass {r['mass_log10_p']:8.2f}   by queries {r['closed_by_queries']}",
+            )
+            for r in rows
+        ],
+    )
+    print_table(
+        "Controls (smallest log10 p over all 100 keys)",
+        [(name, f"{value:.2f}") for name, value in controls.items()]
+        + [("null minimum (clean students and controls)", f"{null_min:.2f}")],
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

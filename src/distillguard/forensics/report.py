@@ -1,0 +1,362 @@
+"""The evidence report: one self-contained HTML file (plots inline as SVG) and its JSON twin.
+
+Built from an audit (`distillguard audit suspect --json`) and the data directory: the key
+commitment of the attributed tenant, the audit chain's verification, and the tenant's usage
+and tier history. A tampered audit log is stated on the first page, above everything else.
+The JSON validates against `report.schema.json`, shipped with the package.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from contextlib import closing
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from distillguard import __version__
+from distillguard.errors import InputError
+
+__all__ = ["SCHEMA_FILE", "build_report", "load_schema", "render_html", "write_report"]
+
+SCHEMA_FILE = "report.schema.json"
+
+
+def load_schema() -> dict[str, Any]:
+    text = resources.files("distillguard.forensics").joinpath(SCHEMA_FILE).read_text()
+    return dict(json.loads(text))
+
+
+def build_report(audit: dict[str, Any], home: Path) -> dict[str, Any]:
+    """The report's content, from an audit's JSON and the data directory's records."""
+    from distillguard.gateway.audit import read_usage, verify_chain
+    from distillguard.keys import recorded_commitments
+    from distillguard.monitor.history import TierHistory
+    from distillguard.store import connect
+
+    results = audit.get("results")
+    if not isinstance(results, list) or not results:
+        raise InputError("not an audit result: run `distillguard audit suspect --json` first")
+    primary = results[0]
+    best = primary["best"]
+    tenant = best.get("tenant")
+    with closing(connect(home)) as connection:
+        chain = verify_chain(connection)
+        commitments = (
+            [
+                c
+                for c in recorded_commitments(connection, tenant=tenant)
+                if c.key_id == best["key_id"]
+            ]
+            if tenant
+            else []
+        )
+        usage = read_usage(connection, tenant=tenant) if tenant else []
+        timeline = _daily_usage(usage)
+    history = TierHistory(lambda: connect(home)).changes() if tenant else []
+    key_ids = {row.key_id for row in usage}
+    tier_changes = [change for change in history if change["key_id"] in key_ids]
+    adjusted = float(best["adjusted_log10_p"])
+    significant = adjusted <= -3.0
+    controls = audit.get("controls") or []
+    return {
+        "report_version": 1,
+        "generated_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "generator": f"distillguard {__version__}",
+        "suspect": audit.get("suspect", ""),
+        "mode": audit.get("mode", ""),
+        "summary": _summary(audit, best, significant, chain.ok),
+        "null_hypothesis": (
+            f"The suspect model never learned from text watermarked with tenant {tenant!r}'s "
+            "key. Under this hypothesis each scored (context, token) pair is green with "
+            "probability gamma, independently of the others, because the keyed hash is "
+            "independent of anything the suspect computes."
+        ),
+        "methods": {
+            "parameters": audit.get("parameters", {}),
+            "statistics": [
+                {
+                    "statistic": result["statistic"],
+                    "exact": result["exact"],
+                    "scored": result["scored"],
+                    "dropped": result["dropped"],
+                }
+                for result in results
+            ],
+            "description": (
+                "Black-box: the suspect's completions to our prompts, tokenized with our "
+                "tokenizer; each (context, token) tuple scored once; tuples whose context occurs "
+                "in the query's prompt dropped. Open weights: our logged outputs teacher-forced "
+                "through the suspect; its top-1 prediction scored per distinct (context, "
+                "prediction) pair. P-values: exact binomial upper tails (the green-mass line: "
+                "a Chernoff bound). Attribution: Holm-Bonferroni over every tenant tested."
+            ),
+        },
+        "attribution": {
+            "tenant": tenant,
+            "key_id": best["key_id"],
+            "log10_p": best["log10_p"],
+            "adjusted_log10_p": adjusted,
+            "tenants_tested": len(primary["keys"]),
+            "significant": significant,
+            "ranking": sorted(
+                (
+                    {
+                        "tenant": k["tenant"],
+                        "key_id": k["key_id"],
+                        "log10_p": k["log10_p"],
+                        "score": k["score"],
+                        "expected": k["expected"],
+                    }
+                    for k in primary["keys"]
+                ),
+                key=lambda k: k["log10_p"],
+            )[:10],
+        },
+        "results": results,
+        "controls": controls,
+        "commitment": [
+            {
+                "tenant": c.tenant,
+                "key_id": c.key_id,
+                "key_version": c.key_version,
+                "scheme_fingerprint": c.fingerprint,
+                "created_at": c.created_at,
+                "commitment": c.commitment,
+            }
+            for c in commitments
+        ],
+        "audit_chain": {
+            "ok": chain.ok,
+            "records": chain.records,
+            "first_bad_seq": chain.first_bad_seq,
+            "reason": chain.reason,
+        },
+        "account_timeline": {"daily": timeline, "tier_changes": tier_changes},
+        "reproduce": audit.get("command", ""),
+    }
+
+
+def _summary(audit: dict[str, Any], best: dict[str, Any], significant: bool, chain_ok: bool) -> str:
+    suspect = audit.get("suspect", "the suspect model")
+    tenant = best.get("tenant") or best["key_id"]
+    adjusted = float(best["adjusted_log10_p"])
+    tested = len(audit["results"][0]["keys"])
+    if significant:
+        text = (
+            f"{suspect} reproduces the statistical watermark that our service wove into the "
+            f"outputs it gave tenant {tenant}. If the model had never learned from those "
+            f"outputs, a result this strong would occur with probability {_p_text(adjusted)} "
+            f"(already corrected for testing {tested} tenants). The most likely explanation "
+            f"is that it was trained on outputs harvested through tenant {tenant}'s account."
+        )
+    else:
+        text = (
+            f"{suspect} shows no significant trace of any tenant's watermark "
+            f"(smallest corrected p-value {_p_text(adjusted)} over {tested} tenants). This "
+            "does not prove it was not trained on our outputs; it means this audit found no "
+            "evidence that it was."
+        )
+    if not chain_ok:
+        text = "THE AUDIT LOG FAILED VERIFICATION; see below. " + text
+    return text
+
+
+def _p_text(log10_p: float) -> str:
+    if log10_p >= -3:
+        return f"{10**log10_p:.3g}"
+    exponent = math.floor(log10_p)
+    return f"{10 ** (log10_p - exponent):.2f}e{exponent}"
+
+
+def _daily_usage(usage: list[Any]) -> list[dict[str, Any]]:
+    days: dict[str, dict[str, int]] = {}
+    for row in usage:
+        day = row.created_at[:10]
+        entry = days.setdefault(day, {"requests": 0, "completion_tokens": 0})
+        entry["requests"] += 1
+        entry["completion_tokens"] += row.completion_tokens
+    return [{"day": day} | counts for day, counts in sorted(days.items())]
+
+
+# -- HTML --------------------------------------------------------------------------------------
+
+
+def render_html(report: dict[str, Any]) -> str:
+    e = html.escape
+    chain = report["audit_chain"]
+    attribution = report["attribution"]
+    banner = ""
+    if not chain["ok"]:
+        banner = (
+            '<div class="alarm"><strong>The audit log failed verification</strong> at record '
+            f"{chain['first_bad_seq']}: {e(str(chain['reason']))}. The usage records behind this "
+            "report may have been altered; treat every figure below with that in mind.</div>"
+        )
+    primary = report["results"][0]
+    ranking_rows = "".join(
+        f"<tr><td>{e(str(k['tenant']))}</td><td><code>{e(k['key_id'])}</code></td>"
+        f"<td>{k['score']:.1f}</td><td>{k['expected']:.1f}</td><td>{_p_text(k['log10_p'])}</td></tr>"
+        for k in attribution["ranking"]
+    )
+    result_rows = "".join(_result_row("suspect", r) for r in report["results"]) + "".join(
+        _result_row("control", r) for r in report["controls"]
+    )
+    commitment_rows = (
+        "".join(
+            f"<tr><td>{e(c['tenant'])}</td><td><code>{e(c['key_id'])}</code></td>"
+            f"<td>{e(c['created_at'])}</td><td><code>{e(c['commitment'])}</code></td>"
+            f"<td><code>{e(c['scheme_fingerprint'])}</code></td></tr>"
+            for c in report["commitment"]
+        )
+        or '<tr><td colspan="5">no commitment recorded for this key</td></tr>'
+    )
+    parameters = "".join(
+        f"<tr><th>{e(str(name))}</th><td>{e(str(value))}</td></tr>"
+        for name, value in report["methods"]["parameters"].items()
+    )
+    tier_rows = (
+        "".join(
+            f"<tr><td>{e(c['changed_at'])}</td><td><code>{e(c['key_id'])}</code></td>"
+            f"<td>{e(c['previous'])} &rarr; {e(c['tier'])}</td><td>{c['requests']}</td>"
+            f"<td>{e('; '.join(c['reasons']))}</td></tr>"
+            for c in report["account_timeline"]["tier_changes"]
+        )
+        or '<tr><td colspan="5">no tier changes recorded</td></tr>'
+    )
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<title>Evidence report: {e(report["suspect"])}</title>
+<style>
+body {{ font: 15px/1.5 Georgia, serif; max-width: 60rem; margin: 2rem auto; color: #111; }}
+h1 {{ font-size: 1.6rem; }} h2 {{ font-size: 1.2rem; margin-top: 2rem; border-bottom: 1px solid #ccc; }}
+table {{ border-collapse: collapse; margin: .5rem 0; }} td, th {{ border: 1px solid #ccc; padding: .2rem .5rem; text-align: left; font-size: .9rem; }}
+code {{ font-size: .8rem; word-break: break-all; }}
+.alarm {{ border: 3px solid #b00; background: #fee; padding: 1rem; margin: 1rem 0; }}
+.summary {{ font-size: 1.05rem; background: #f6f6f0; padding: 1rem; }}
+.plots {{ display: flex; flex-wrap: wrap; gap: 1rem; }}
+@media print {{ h2 {{ break-after: avoid; }} }}
+</style></head><body>
+<h1>Evidence report: did {e(report["suspect"])} learn from our outputs?</h1>
+<p>Generated {e(report["generated_at"])} by {e(report["generator"])}. Mode: {e(report["mode"])}.</p>
+{banner}
+<h2>Summary</h2>
+<p class="summary">{e(report["summary"])}</p>
+<h2>The question, as a null hypothesis</h2>
+<p>{e(report["null_hypothesis"])} A p-value is the probability, under that hypothesis, of a
+result at least as strong as the one observed.</p>
+<h2>Attribution</h2>
+<p>Best tenant: <strong>{e(str(attribution["tenant"]))}</strong>, p {_p_text(attribution["log10_p"])},
+{_p_text(attribution["adjusted_log10_p"])} after Holm-Bonferroni over {attribution["tenants_tested"]} tenants.</p>
+<table><tr><th>tenant</th><th>key id</th><th>score</th><th>expected</th><th>p-value</th></tr>{ranking_rows}</table>
+<h2>Results and controls</h2>
+<table><tr><th>run</th><th>statistic</th><th>scored</th><th>best</th><th>p-value</th><th>corrected</th></tr>{result_rows}</table>
+<div class="plots">{_curve_svg(primary)}{_green_svg(primary)}{_usage_svg(report["account_timeline"]["daily"])}</div>
+<h2>Methods and parameters</h2>
+<p>{e(report["methods"]["description"])}</p>
+<table>{parameters}</table>
+<h2>Key commitment</h2>
+<p>The tenant's key was committed to (SHA-256 over the key, the scheme fingerprint and the
+timestamp) when it was first used; the commitment can be checked without revealing the key.</p>
+<table><tr><th>tenant</th><th>key id</th><th>committed at</th><th>commitment</th><th>scheme</th></tr>{commitment_rows}</table>
+<h2>Audit log</h2>
+<p>{"The hash chain over every usage record verifies" if chain["ok"] else "The hash chain FAILED at record " + str(chain["first_bad_seq"])}: {chain["records"]} records checked.</p>
+<h2>The account: usage and risk</h2>
+<table><tr><th>when</th><th>key</th><th>tier</th><th>requests</th><th>reasons</th></tr>{tier_rows}</table>
+<h2>Reproduce</h2>
+<p><code>{e(report["reproduce"] or "(command not recorded)")}</code></p>
+<p>To print: <code>chromium --headless --no-sandbox --disable-gpu --print-to-pdf=report.pdf report.html</code></p>
+</body></html>
+"""
+
+
+def _result_row(label: str, result: dict[str, Any]) -> str:
+    best = result["best"]
+    bound = "" if result["exact"] else " (bound)"
+    return (
+        f"<tr><td>{label}</td><td>{html.escape(result['statistic'])}{bound}</td>"
+        f"<td>{result['scored']}</td><td>{html.escape(str(best['tenant']))}</td>"
+        f"<td>{_p_text(best['log10_p'])}</td><td>{_p_text(best['adjusted_log10_p'])}</td></tr>"
+    )
+
+
+def _svg(title: str, body: str, width: int = 300, height: int = 200) -> str:
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + 30}" '
+        f'role="img" aria-label="{html.escape(title)}">'
+        f'<text x="{width / 2}" y="14" text-anchor="middle" font-size="12">{html.escape(title)}</text>'
+        f'<g transform="translate(0,24)">{body}</g></svg>'
+    )
+
+
+def _curve_svg(result: dict[str, Any]) -> str:
+    points = result.get("curve") or []
+    if len(points) < 2:
+        return _svg("p-value against tuples scored", '<text x="20" y="90">no curve</text>')
+    xs = [math.log10(max(n, 1)) for n, _ in points]
+    ys = [-p for _, p in points]
+    body = _line(xs, ys, "#036")
+    body += '<text x="150" y="198" text-anchor="middle" font-size="10">log10 tuples scored</text>'
+    body += '<text x="4" y="10" font-size="10">-log10 p</text>'
+    return _svg("p-value against tuples scored (best key)", body)
+
+
+def _green_svg(result: dict[str, Any]) -> str:
+    keys = sorted(result["keys"], key=lambda k: k["log10_p"])[:8]
+    if not keys:
+        return ""
+    bars = ""
+    for index, k in enumerate(keys):
+        ratio = k["score"] / k["expected"] if k["expected"] else 0.0
+        height = min(ratio, 2.0) * 80
+        x = 20 + index * 34
+        bars += (
+            f'<rect x="{x}" y="{180 - height}" width="24" height="{height}" fill="#69c"/>'
+            f'<text x="{x + 12}" y="194" font-size="8" text-anchor="middle">'
+            f"{html.escape(str(k['tenant'])[:6])}</text>"
+        )
+    bars += '<line x1="10" x2="295" y1="100" y2="100" stroke="#b00" stroke-dasharray="4"/>'
+    bars += '<text x="296" y="98" font-size="9" text-anchor="end">expected</text>'
+    return _svg("green (or score) against expectation, by key", bars)
+
+
+def _usage_svg(daily: list[dict[str, Any]]) -> str:
+    if not daily:
+        return _svg("the account's requests per day", '<text x="20" y="90">no usage</text>')
+    xs = [float(i) for i in range(len(daily))]
+    ys = [float(d["requests"]) for d in daily]
+    return _svg("the account's requests per day", _line(xs, ys, "#063"))
+
+
+def _line(xs: list[float], ys: list[float], colour: str) -> str:
+    x0, x1 = min(xs), max(xs)
+    y0, y1 = min(0.0, min(ys)), max(ys)
+    span_x = (x1 - x0) or 1.0
+    span_y = (y1 - y0) or 1.0
+    coordinates = " ".join(
+        f"{20 + 270 * (x - x0) / span_x:.1f},{180 - 170 * (y - y0) / span_y:.1f}"
+        for x, y in zip(xs, ys, strict=True)
+    )
+    axes = '<line x1="20" y1="180" x2="290" y2="180" stroke="#999"/><line x1="20" y1="10" x2="20" y2="180" stroke="#999"/>'
+    labels = (
+        f'<text x="22" y="20" font-size="9">{y1:.3g}</text>'
+        f'<text x="290" y="176" font-size="9" text-anchor="end">{x1:.3g}</text>'
+    )
+    return (
+        axes
+        + labels
+        + f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{coordinates}"/>'
+    )
+
+
+def write_report(audit: dict[str, Any], home: Path, output: Path) -> tuple[Path, Path]:
+    """Write `output` (HTML) and its JSON twin beside it; returns both paths."""
+    report = build_report(audit, home)
+    html_path = Path(output)
+    json_path = html_path.with_suffix(".json")
+    html_path.write_text(render_html(report), encoding="utf-8")
+    json_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return html_path, json_path

@@ -1,0 +1,137 @@
+"""The evidence report: content, schema, the tampered-log warning, the CLI and a rendering."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import subprocess
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("jsonschema")
+
+import jsonschema
+from click.testing import CliRunner
+
+from distillguard.cli import main
+from distillguard.forensics.audit import run_audit
+from distillguard.forensics.experiment import ExperimentConfig, harvest
+from distillguard.forensics.report import build_report, load_schema, render_html
+from distillguard.watermark.vocab import load_tokenizer
+
+
+@pytest.fixture(scope="module")
+def audited(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
+) -> tuple[Path, dict[str, Any]]:
+    """A harvest on the tiny model, and an open-weights audit of the tiny model itself."""
+    home = tmp_path_factory.mktemp("report-home")
+    config = ExperimentConfig(harvest_max_tokens=24, tenants=4)
+    run = harvest(
+        [f"Module {i} provides the" for i in range(16)], home, config, model=tiny_model_dir
+    )
+    tokenizer, _ = load_tokenizer(tiny_model_dir)
+    outcome = run_audit(
+        home,
+        run.scheme,
+        tokenizer,
+        weights=tiny_model_dir,
+        reference=str(tiny_model_dir),
+        contexts=200,
+    )
+    return home, outcome.to_json() | {"command": "distillguard audit suspect --weights tiny"}
+
+
+def test_the_report_carries_every_section_and_validates(
+    audited: tuple[Path, dict[str, Any]],
+) -> None:
+    home, audit = audited
+    report = build_report(audit, home)
+    jsonschema.validate(report, load_schema())
+    assert report["audit_chain"]["ok"] and report["audit_chain"]["records"] == 16
+    assert report["attribution"]["tenants_tested"] == 4
+    assert report["commitment"] and report["commitment"][0]["commitment"]
+    assert report["controls"] and report["reproduce"].startswith("distillguard audit")
+    page = render_html(report)
+    for heading in (
+        "Summary",
+        "null hypothesis",
+        "Attribution",
+        "Methods",
+        "Key commitment",
+        "Audit log",
+        "Reproduce",
+    ):
+        assert heading in page
+    assert page.count("<svg") == 3
+    assert "failed verification" not in page
+
+
+def test_a_tampered_audit_log_is_stated_on_the_first_page(
+    audited: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    home, audit = audited
+    copy = tmp_path / "home"
+    shutil.copytree(home, copy)
+    with closing(sqlite3.connect(copy / "distillguard.db")) as connection, connection:
+        connection.execute(
+            "UPDATE usage SET completion_tokens = completion_tokens + 1 WHERE rowid = 3"
+        )
+    report = build_report(audit, copy)
+    assert not report["audit_chain"]["ok"]
+    assert report["summary"].startswith("THE AUDIT LOG FAILED VERIFICATION")
+    page = render_html(report)
+    assert page.index("failed verification") < page.index("<h2>Summary</h2>")
+
+
+def test_the_report_command_writes_html_and_json(
+    audited: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    home, audit = audited
+    source = tmp_path / "audit.json"
+    source.write_text(json.dumps(audit))
+    out = tmp_path / "evidence.html"
+    result = CliRunner().invoke(
+        main, ["--home", str(home), "report", str(source), "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert out.is_file() and out.with_suffix(".json").is_file()
+    jsonschema.validate(json.loads(out.with_suffix(".json").read_text()), load_schema())
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    refused = CliRunner().invoke(main, ["--home", str(home), "report", str(bad)])
+    assert refused.exit_code == 1 and "audit suspect --json" in refused.stderr
+
+
+def test_the_report_renders_in_headless_chromium(
+    audited: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    home, audit = audited
+    page = tmp_path / "report.html"
+    page.write_text(render_html(build_report(audit, home)))
+    shot = tmp_path / "shot.png"
+    subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            f"--screenshot={shot}",
+            "--window-size=1200,2000",
+            page.as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    assert shot.stat().st_size > 10_000
