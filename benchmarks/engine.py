@@ -12,8 +12,8 @@ per-round ratios. It is also measured from inside: the share of wall time spent 
 watermark processor.
 
 Detection: 200 samples of 200 tokens (real user prompts from Open-Assistant, cut to 24
-tokens), scheme gamma 0.25, delta 2, left-hash h=4; each completion is scored alone, without its
-prompt (as an auditor would see it), so its first 4 tokens are context only. Perplexity: the
+tokens), the default scheme (gamma 0.25, delta 2, left-hash h=1); each completion is scored alone,
+without its prompt (as an auditor would see it), so its first token is context only. Perplexity: the
 model's own perplexity (temperature 1, no watermark) of watermarked and of unwatermarked
 samples from the same prompts.
 """

@@ -370,7 +370,7 @@ def test_accounts_reads_the_gateway_admin_api_and_pins_tiers(
         assert code == 0 and out.strip() == "no rings"
         code, out, _ = run(tmp_path, "accounts", "history", "--json")
         tiers = [change["tier"] for change in json.loads(out)]
-        assert tiers == ["watch", "throttle", "normal"]
+        assert tiers == ["throttle", "normal"]  # straight to throttle at 10 requests
         assert_one_line_error(
             run(tmp_path, "accounts", "--url", "http://127.0.0.1:9"), "cannot reach the gateway"
         )

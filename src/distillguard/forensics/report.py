@@ -70,7 +70,7 @@ def build_report(audit: dict[str, Any], home: Path) -> dict[str, Any]:
         "mode": audit.get("mode", ""),
         "summary": _summary(audit, best, significant, chain.ok),
         "null_hypothesis": (
-            f"The suspect model never learned from text watermarked with tenant {tenant!r}'s "
+            f"The suspect model never learned from text watermarked with tenant {tenant}'s "
             "key. Under this hypothesis each scored (context, token) pair is green with "
             "probability gamma, independently of the others, because the keyed hash is "
             "independent of anything the suspect computes."

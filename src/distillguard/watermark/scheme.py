@@ -53,7 +53,7 @@ class SchemeConfig:
     scheme: Scheme = Scheme.GREEN_LIST
     gamma: float = 0.25
     delta: float = 2.0
-    context_width: int = 4
+    context_width: int = 1  # radioactivity needs a short window: see docs/watermark.md
     seeding: Seeding = Seeding.LEFT_HASH
     vocab_size: int | None = None
     tokenizer_hash: str | None = None
