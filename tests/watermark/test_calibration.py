@@ -14,8 +14,6 @@ a 2.75-sigma excursion at alpha 1e-3 for one seed, while seeds 3-5 gave -0.9 to 
 100,000 trials a 99.9% interval still catches a false-positive rate off by about 10%.
 """
 
-INTERVAL = 0.999
-
 from __future__ import annotations
 
 import re
@@ -27,6 +25,7 @@ from scipy import stats as scistats
 from distillguard.watermark import Detector, Scheme, SchemeConfig, Seeding, WatermarkKey
 
 ALPHAS = (1e-2, 1e-3, 1e-4)
+INTERVAL = 0.999
 SEGMENTS = 1000
 KEYS_PER_SEGMENT = 100  # 100,000 null trials per corpus
 SEGMENT_TOKENS = 200
