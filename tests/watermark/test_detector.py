@@ -17,7 +17,7 @@ def key(name: str, fill: int) -> WatermarkKey:
 def test_each_unique_tuple_is_scored_once_across_documents() -> None:
     rng = np.random.default_rng(0)
     document = rng.integers(0, 1000, size=300)
-    detector = Detector(SchemeConfig().bind(1000))
+    detector = Detector(SchemeConfig(context_width=4).bind(1000))
     single = detector.detect([document], [key("a", 1)])
     doubled = detector.detect([document, document.copy()], [key("a", 1)])
     assert doubled.total[0].scored_tokens == single.total[0].scored_tokens
@@ -37,7 +37,7 @@ def test_prompt_tokens_are_never_scored() -> None:
 
 
 def test_mismatched_fingerprint_raises() -> None:
-    detector = Detector(SchemeConfig().bind(1000))
+    detector = Detector(SchemeConfig(context_width=4).bind(1000))
     other = SchemeConfig(gamma=0.5).bind(1000).fingerprint
     with pytest.raises(FingerprintMismatchError, match="does not match"):
         detector.detect([[1, 2, 3, 4, 5, 6]], [key("a", 1)], fingerprint=other)
@@ -46,32 +46,32 @@ def test_mismatched_fingerprint_raises() -> None:
 
 
 def test_fingerprint_covers_every_parameter() -> None:
-    base = SchemeConfig().bind(1000, "sha256:abc")
+    base = SchemeConfig(context_width=4).bind(1000, "sha256:abc")
     variants = [
         SchemeConfig(gamma=0.5).bind(1000, "sha256:abc"),
         SchemeConfig(delta=1.0).bind(1000, "sha256:abc"),
         SchemeConfig(context_width=2).bind(1000, "sha256:abc"),
         SchemeConfig(seeding="self_hash").bind(1000, "sha256:abc"),  # type: ignore[arg-type]
         SchemeConfig(scheme=Scheme.GUMBEL).bind(1000, "sha256:abc"),
-        SchemeConfig().bind(1001, "sha256:abc"),
-        SchemeConfig().bind(1000, "sha256:abd"),
+        SchemeConfig(context_width=4).bind(1001, "sha256:abc"),
+        SchemeConfig(context_width=4).bind(1000, "sha256:abd"),
     ]
     assert len({base.fingerprint, *(variant.fingerprint for variant in variants)}) == 8
 
 
 def test_token_ids_outside_the_vocabulary_raise() -> None:
-    detector = Detector(SchemeConfig().bind(1000))
+    detector = Detector(SchemeConfig(context_width=4).bind(1000))
     with pytest.raises(VocabularyMismatchError, match="outside the scheme's vocabulary"):
         detector.detect([[1, 2, 3, 4, 5, 1000]], [key("a", 1)])
 
 
 def test_unbound_scheme_cannot_detect() -> None:
     with pytest.raises(VocabularyMismatchError, match="not bound"):
-        Detector(SchemeConfig())
+        Detector(SchemeConfig(context_width=4))
 
 
 def test_bad_input_raises_clear_errors() -> None:
-    detector = Detector(SchemeConfig().bind(1000))
+    detector = Detector(SchemeConfig(context_width=4).bind(1000))
     with pytest.raises(InputError, match="no documents"):
         detector.detect([], [key("a", 1)])
     with pytest.raises(InputError, match="empty"):
@@ -86,13 +86,13 @@ def test_bad_input_raises_clear_errors() -> None:
 
 def test_tokenizer_mismatch_raises(word_tokenizer) -> None:  # type: ignore[no-untyped-def]
     tokenizer, _ = word_tokenizer
-    detector = Detector(SchemeConfig().bind(2002, "sha256:" + "0" * 64))
+    detector = Detector(SchemeConfig(context_width=4).bind(2002, "sha256:" + "0" * 64))
     with pytest.raises(VocabularyMismatchError, match="not the one the scheme was bound to"):
         detector.detect_text(["w1 w2 w3 w4 w5 w6"], [key("a", 1)], tokenizer)
 
 
 def test_detections_are_frozen_and_explain_their_null_hypothesis() -> None:
-    detector = Detector(SchemeConfig().bind(1000))
+    detector = Detector(SchemeConfig(context_width=4).bind(1000))
     detection = detector.detect([list(range(50))], [key("a", 1)]).total[0]
     with pytest.raises(AttributeError):
         detection.score = 0.0  # type: ignore[misc]
@@ -101,7 +101,7 @@ def test_detections_are_frozen_and_explain_their_null_hypothesis() -> None:
 
 
 def test_attribution_corrects_for_the_number_of_keys() -> None:
-    detector = Detector(SchemeConfig().bind(1000))
+    detector = Detector(SchemeConfig(context_width=4).bind(1000))
     keys = [key(f"t{index}", index + 1) for index in range(10)]
     report = detector.detect([np.arange(500) % 997], keys)
     attribution = attribute_detections(report.total)
@@ -124,7 +124,7 @@ def test_each_document_row_equals_detecting_that_document_alone(repeats: bool) -
     documents = [rng.integers(0, vocab, size=int(rng.integers(1, 120))) for _ in range(40)]
     if repeats:
         documents += [documents[2], np.tile(documents[3][:6], 9)]
-    detector = Detector(SchemeConfig().bind(vocab))
+    detector = Detector(SchemeConfig(context_width=4).bind(vocab))
     keys = [key("a", 1), key("b", 2)]
     together = detector.detect(documents, keys)
     for index, document in enumerate(documents):
