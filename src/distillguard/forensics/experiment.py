@@ -119,8 +119,14 @@ def harvest(
     scheme: SchemeConfig | None = None,
     progress: Progress | None = None,
     concurrency: int = 32,
+    monitor: Any = None,
+    tiers: Any = None,
+    tick: Callable[[], None] | None = None,
 ) -> Harvest:
-    """Serve the teacher behind a gateway in `home` and harvest completions as one tenant."""
+    """Serve the teacher behind a gateway in `home` and harvest completions as one tenant.
+
+    With `monitor` (a started `Monitor`) the gateway hands it every request and acts on its
+    tiers (`tiers` says what each does), as `distillguard serve` would."""
     from distillguard.engine.engine import Engine
     from distillguard.gateway.apikeys import KeyStore, create_api_key
     from distillguard.gateway.app import Gateway
@@ -141,7 +147,9 @@ def harvest(
         by_tenant = dict(zip(names, keys, strict=True))
         api_key, _ = create_api_key(connection, "harvester", rpm=10**6, tpm=10**9, concurrency=64)
         audit = AuditLog(lambda: connect(home))
-        gateway = Gateway(engine, KeyStore(connection), audit, by_tenant.get)
+        gateway = Gateway(
+            engine, KeyStore(connection), audit, by_tenant.get, monitor=monitor, tiers=tiers
+        )
         asyncio.run(
             _send_all(
                 gateway.app,
@@ -151,6 +159,7 @@ def harvest(
                 config.harvest_max_tokens,
                 concurrency,
                 progress,
+                tick,
             )
         )
         audit.close()
@@ -177,6 +186,7 @@ async def _send_all(
     max_tokens: int,
     concurrency: int,
     progress: Progress | None,
+    tick: Callable[[], None] | None = None,
 ) -> list[str]:
     import httpx
 
@@ -195,6 +205,8 @@ async def _send_all(
                     timeout=600,
                 )
             done += 1
+            if tick is not None:
+                tick()
             if progress is not None and done % 250 == 0:
                 progress(f"harvested {done}/{len(prompts)}")
             if response.status_code != 200:
@@ -215,6 +227,7 @@ def train_student(
     base: Any = None,
     output_dir: Path | None = None,
     progress: Progress | None = None,
+    tick: Callable[[], None] | None = None,
 ) -> Any:
     """A GPT-2 fine-tuned from `base` (or trained from scratch without one) on `train_tokens`
     tokens, a fraction `contamination` of them harvested."""
@@ -274,6 +287,8 @@ def train_student(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
+        if tick is not None:
+            tick()
         if progress is not None and (step + 1) % 50 == 0:
             progress(f"step {step + 1}/{steps} loss {float(loss.detach()):.3f}")
     model.eval()
@@ -289,6 +304,7 @@ def pretrain_base(
     vocab_size: int,
     end_of_text: int,
     progress: Progress | None = None,
+    tick: Callable[[], None] | None = None,
 ) -> Any:
     """The students' shared base: a GPT-2 trained from scratch on clean text only."""
     from dataclasses import replace
@@ -301,6 +317,7 @@ def pretrain_base(
         vocab_size=vocab_size,
         end_of_text=end_of_text,
         progress=progress,
+        tick=tick,
     )
 
 
