@@ -378,3 +378,17 @@ def test_accounts_reads_the_gateway_admin_api_and_pins_tiers(
         server.should_exit = True  # type: ignore[attr-defined]
         thread.join()
         audit.close()
+
+
+def test_audit_suspect_and_report_refuse_bad_input_in_one_line(tmp_path: Path) -> None:
+    assert_one_line_error(run(tmp_path, "audit", "suspect"), "either --url")
+    assert_one_line_error(
+        run(tmp_path, "audit", "suspect", "--url", "http://127.0.0.1:9/v1"), "--suspect-model"
+    )
+    assert_one_line_error(
+        run(tmp_path, "audit", "suspect", "--weights", str(tmp_path), "--queries", "0"),
+        "must be positive",
+    )
+    missing = tmp_path / "missing.json"
+    assert_one_line_error(run(tmp_path, "report", str(missing)), "cannot read")
+    assert_one_line_error(run(tmp_path, "demo", "--queries", "5"), "at least 100")
