@@ -96,10 +96,12 @@ def main() -> int:
             "closed_scored": audit.black_box.scored,
             "closed_best": audit.black_box.attribution.best.tenant,
             "closed_min_log10_p_any_key": min(d.log10_p for d in audit.black_box.detections),
+            "closed_corrected_log10_p": audit.black_box.attribution.ranking[0].adjusted_log10_p,
             "open_log10_p": audit.top1.for_key(harvester).log10_p,
             "open_scored": audit.top1.scored,
             "open_best": audit.top1.attribution.best.tenant,
             "open_min_log10_p_any_key": min(d.log10_p for d in audit.top1.detections),
+            "open_corrected_log10_p": audit.top1.attribution.ranking[0].adjusted_log10_p,
             "mass_log10_p": audit.mass.for_key(harvester).log10_p,
             "closed_by_queries": audit.black_box_by_queries,
             "open_by_contexts": audit.open_by_contexts,
@@ -129,8 +131,19 @@ def main() -> int:
         "teacher_closed_min_log10_p": min(d.log10_p for d in teacher_closed.detections),
         "watermarked_prompts_min_log10_p": min(d.log10_p for d in echo.detections),
     }
+    corrected_controls = [
+        result.attribution.ranking[0].adjusted_log10_p
+        for result in (teacher_top1, teacher_closed, echo)
+    ]
     clean_rows = [row for row in rows if row["contamination"] == 0.0]
+    # what an audit reports is the best tenant's p corrected for the 100 tenants tested (Holm);
+    # the smallest raw p among 100 keys x 8 runs is expected near 1/800 under the null
     null_min = min(
+        [r["closed_corrected_log10_p"] for r in clean_rows]
+        + [r["open_corrected_log10_p"] for r in clean_rows]
+        + corrected_controls
+    )
+    null_min_raw = min(
         [r["closed_min_log10_p_any_key"] for r in clean_rows]
         + [r["open_min_log10_p_any_key"] for r in clean_rows]
         + list(controls.values())
@@ -158,6 +171,7 @@ def main() -> int:
         "closed_log10_p_5": at(0.05, "closed_log10_p"),
         "open_log10_p_5": at(0.05, "open_log10_p"),
         "null_min_p": 10**null_min,
+        "null_min_p_uncorrected": 10**null_min_raw,
         "attribution_correct": all(attributed),
         "tenants": config.tenants,
         "context_width": run.scheme.context_width,
@@ -188,7 +202,10 @@ def main() -> int:
     print_table(
         "Controls (smallest log10 p over all 100 keys)",
         [(name, f"{value:.2f}") for name, value in controls.items()]
-        + [("null minimum (clean students and controls)", f"{null_min:.2f}")],
+        + [
+            ("null minimum, corrected over the tenants", f"{null_min:.2f}"),
+            ("null minimum, any single key", f"{null_min_raw:.2f}"),
+        ],
     )
     return 0
 
