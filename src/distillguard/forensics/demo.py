@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -58,6 +59,7 @@ def run_demo(
     from distillguard.store import connect
 
     started = time.perf_counter()
+    logging.getLogger("distillguard.monitor").setLevel(logging.ERROR)  # reported below instead
     output.mkdir(parents=True, exist_ok=True)
     home = output / "state"
     home.mkdir(exist_ok=True)

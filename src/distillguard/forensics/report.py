@@ -160,6 +160,7 @@ def _summary(audit: dict[str, Any], best: dict[str, Any], significant: bool, cha
             "does not prove it was not trained on our outputs; it means this audit found no "
             "evidence that it was."
         )
+    text = text[:1].upper() + text[1:]
     if not chain_ok:
         text = "THE AUDIT LOG FAILED VERIFICATION; see below. " + text
     return text
@@ -305,30 +306,48 @@ def _curve_svg(result: dict[str, Any]) -> str:
 
 
 def _green_svg(result: dict[str, Any]) -> str:
+    """Each key's excess over its expected score, in standard deviations of the null law."""
     keys = sorted(result["keys"], key=lambda k: k["log10_p"])[:8]
+    scored = max(int(result["scored"]), 1)
     if not keys:
         return ""
-    bars = ""
-    for index, k in enumerate(keys):
-        ratio = k["score"] / k["expected"] if k["expected"] else 0.0
-        height = min(ratio, 2.0) * 80
+    excesses = []
+    for k in keys:
+        gamma = min(max(k["expected"] / scored, 1e-9), 1 - 1e-9)
+        spread = math.sqrt(max(scored * gamma * (1 - gamma), 1e-9))
+        excesses.append((k["score"] - k["expected"]) / spread)
+    top = max(3.0, max(abs(e) for e in excesses))
+    bars = '<line x1="10" x2="295" y1="100" y2="100" stroke="#b00" stroke-dasharray="4"/>'
+    for index, (k, excess) in enumerate(zip(keys, excesses, strict=True)):
+        height = 80 * abs(excess) / top
         x = 20 + index * 34
+        y = 100 - height if excess > 0 else 100
         bars += (
-            f'<rect x="{x}" y="{180 - height}" width="24" height="{height}" fill="#69c"/>'
+            f'<rect x="{x}" y="{y:.1f}" width="24" height="{height:.1f}" fill="#69c"/>'
             f'<text x="{x + 12}" y="194" font-size="8" text-anchor="middle">'
-            f"{html.escape(str(k['tenant'])[:6])}</text>"
+            f"{html.escape(str(k['tenant'])[:8])}</text>"
         )
-    bars += '<line x1="10" x2="295" y1="100" y2="100" stroke="#b00" stroke-dasharray="4"/>'
-    bars += '<text x="296" y="98" font-size="9" text-anchor="end">expected</text>'
-    return _svg("green (or score) against expectation, by key", bars)
+    bars += '<text x="296" y="96" font-size="9" text-anchor="end">expected</text>'
+    bars += f'<text x="12" y="16" font-size="9">+{top:.1f} sd</text>'
+    return _svg("green count above expectation, by key (sd)", bars)
 
 
 def _usage_svg(daily: list[dict[str, Any]]) -> str:
     if not daily:
         return _svg("the account's requests per day", '<text x="20" y="90">no usage</text>')
-    xs = [float(i) for i in range(len(daily))]
-    ys = [float(d["requests"]) for d in daily]
-    return _svg("the account's requests per day", _line(xs, ys, "#063"))
+    top = max(int(d["requests"]) for d in daily) or 1
+    width = max(2.0, min(40.0, 260.0 / len(daily)))
+    bars = '<line x1="20" y1="180" x2="290" y2="180" stroke="#999"/>'
+    for index, day in enumerate(daily):
+        height = 160 * int(day["requests"]) / top
+        x = 24 + index * (width + 2)
+        bars += f'<rect x="{x:.1f}" y="{180 - height:.1f}" width="{width:.1f}" height="{height:.1f}" fill="#063"/>'
+    bars += f'<text x="22" y="14" font-size="9">{top} requests</text>'
+    bars += (
+        f'<text x="22" y="194" font-size="9">{html.escape(daily[0]["day"])}</text>'
+        f'<text x="290" y="194" font-size="9" text-anchor="end">{html.escape(daily[-1]["day"])}</text>'
+    )
+    return _svg("the account's requests per day", bars)
 
 
 def _line(xs: list[float], ys: list[float], colour: str) -> str:

@@ -56,7 +56,11 @@ FEATURES: tuple[Signal, ...] = (
     Signal("logprobs", 0.02, "{pct} of requests ask for logprobs"),
     Signal("multiple_samples", 0.02, "{pct} of requests ask for n > 1 samples"),
     Signal("maximal_max_tokens", 0.05, "{pct} of requests ask for the maximum max_tokens"),
-    Signal("long_outputs", 0.2, "{pct} of requests ask for 1,024 tokens or more"),
+    Signal(
+        "long_outputs",
+        0.2,
+        "{pct} of requests ask for long outputs (1,024 tokens or half the maximum)",
+    ),
     Signal("output_ratio", 0.0, "outputs are {value:.1f}x the prompt length"),
     Signal("one_shot", 0.5, "{pct} of requests are one-shot (no conversation)"),
     Signal("timing_regularity", 0.3, "requests arrive at regular intervals ({value:.2f})"),
@@ -114,7 +118,9 @@ class AccountState:
         self.maximal_max_tokens += (
             event.max_tokens is not None and event.max_tokens >= 0.9 * event.max_tokens_cap
         )
-        self.long_outputs += event.max_tokens is not None and event.max_tokens >= LONG_OUTPUT
+        # long relative to what the model allows: 1,024 tokens, or half the model's maximum
+        long_output = min(LONG_OUTPUT, event.max_tokens_cap // 2)
+        self.long_outputs += event.max_tokens is not None and event.max_tokens >= long_output
         self.one_shot += event.turns <= 1
         if event.status < 400:
             # a refused request produced no output, and its retry would count its prompt twice
