@@ -317,38 +317,20 @@ def test_audit_verify_reports_a_broken_chain(tmp_path: Path) -> None:
 def test_accounts_reads_the_gateway_admin_api_and_pins_tiers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from distillguard.gateway.apikeys import KeyStore, create_api_key
-    from distillguard.gateway.app import Gateway
-    from distillguard.gateway.audit import AuditLog
     from distillguard.monitor.history import TierHistory
     from distillguard.monitor.monitor import Monitor
-    from distillguard.monitor.simulate import MODEL, SimulatedUpstream
     from distillguard.store import connect
 
-    from .gateway.conftest import run_app
+    from .gateway.conftest import monitored_gateway, run_app
     from .monitor.test_features import event
     from .monitor.test_monitor import eager_model
 
     token = "cli-admin-token-0123456789"
-    connection = connect(tmp_path, shared=True)
-    _, record = create_api_key(connection, "acme", rpm=60, tpm=100_000)
     history = TierHistory(lambda: connect(tmp_path, shared=True))
     monitor = Monitor(eager_model(), on_tier_change=history.record)
+    gateway, audit, _, key_id = monitored_gateway(tmp_path, monitor, token, rpm=60, tpm=100_000)
     for index in range(15):
-        monitor.process(
-            event(30.0 * index, f"Think step by step about {index}.", account=record.key_id)
-        )
-    audit = AuditLog(lambda: connect(tmp_path))
-    gateway = Gateway(
-        None,
-        KeyStore(connection),
-        audit,
-        lambda tenant: None,
-        upstream=SimulatedUpstream(),
-        upstream_models=(MODEL,),
-        monitor=monitor,
-        admin_token=token,
-    )
+        monitor.process(event(30.0 * index, f"Think step by step about {index}.", account=key_id))
     server, thread, url = run_app(gateway.app)
     base = url.removesuffix("/v1")
     try:
@@ -358,14 +340,14 @@ def test_accounts_reads_the_gateway_admin_api_and_pins_tiers(
         assert_one_line_error(run(tmp_path, "accounts", "--url", base), "401")
         monkeypatch.setenv("DISTILLGUARD_ADMIN_TOKEN", token)
         code, out, _ = run(tmp_path, "accounts", "--url", base)
-        assert code == 0 and record.key_id in out and "throttle" in out
+        assert code == 0 and key_id in out and "throttle" in out
         assert "step-by-step reasoning" in out
         code, out, _ = run(tmp_path, "accounts", "--url", base, "--json")
         rows = json.loads(out)
-        assert rows[0]["account"] == record.key_id and rows[0]["flagged_at"] >= 10
-        code, out, _ = run(tmp_path, "accounts", "--url", base, "set-tier", record.key_id, "normal")
+        assert rows[0]["account"] == key_id and rows[0]["flagged_at"] >= 10
+        code, out, _ = run(tmp_path, "accounts", "--url", base, "set-tier", key_id, "normal")
         assert code == 0 and "pinned to normal" in out
-        assert monitor.tier_of(record.key_id) == "normal"
+        assert monitor.tier_of(key_id) == "normal"
         code, out, _ = run(tmp_path, "accounts", "--url", base, "rings")
         assert code == 0 and out.strip() == "no rings"
         code, out, _ = run(tmp_path, "accounts", "history", "--json")

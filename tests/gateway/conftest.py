@@ -124,3 +124,26 @@ def live(harness: Harness) -> Iterator[LiveServer]:
     yield LiveServer(harness, url)
     server.should_exit = True  # type: ignore[attr-defined]
     thread.join()
+
+
+def monitored_gateway(
+    home: Path, monitor: object, admin_token: str, *, rpm: int = 1000, tpm: int = 1_000_000
+) -> tuple[Gateway, AuditLog, str, str]:
+    """The gateway in front of the simulator's instant upstream, with a monitor and the admin
+    API on; returns (gateway, audit log, API key of tenant acme, its key id)."""
+    from distillguard.monitor.simulate import MODEL, SimulatedUpstream
+
+    connection = connect(home, shared=True)
+    key, record = create_api_key(connection, "acme", rpm=rpm, tpm=tpm)
+    audit = AuditLog(lambda: connect(home))
+    gateway = Gateway(
+        None,
+        KeyStore(connection),
+        audit,
+        lambda tenant: None,
+        upstream=SimulatedUpstream(),
+        upstream_models=(MODEL,),
+        monitor=monitor,  # type: ignore[arg-type]
+        admin_token=admin_token,
+    )
+    return gateway, audit, key, record.key_id

@@ -12,16 +12,15 @@ import httpx
 import pytest
 
 from distillguard.errors import ConfigError
-from distillguard.gateway.apikeys import KeyStore, create_api_key
 from distillguard.gateway.app import DEFAULT_TIERS, Gateway
 from distillguard.gateway.audit import AuditLog
 from distillguard.gateway.policy import load_policy
 from distillguard.monitor.events import MonitorEvent
 from distillguard.monitor.monitor import Monitor
-from distillguard.monitor.simulate import MODEL, SimulatedUpstream
-from distillguard.store import connect
+from distillguard.monitor.simulate import MODEL
 
 from ..monitor.test_monitor import eager_model
+from .conftest import monitored_gateway
 
 ADMIN = "admin-token-for-tests-0123456789"
 
@@ -37,21 +36,9 @@ class Setup:
 
 @pytest.fixture
 def setup(tmp_path: Path) -> Iterator[Setup]:
-    connection = connect(tmp_path, shared=True)
-    key, record = create_api_key(connection, "acme", rpm=1000, tpm=1_000_000)
-    audit = AuditLog(lambda: connect(tmp_path))
     monitor = Monitor(eager_model())
-    gateway = Gateway(
-        None,
-        KeyStore(connection),
-        audit,
-        lambda tenant: None,
-        upstream=SimulatedUpstream(),
-        upstream_models=(MODEL,),
-        monitor=monitor,
-        admin_token=ADMIN,
-    )
-    yield Setup(gateway, monitor, key, record.key_id, audit)
+    gateway, audit, key, key_id = monitored_gateway(tmp_path, monitor, ADMIN)
+    yield Setup(gateway, monitor, key, key_id, audit)
     audit.close()
 
 
