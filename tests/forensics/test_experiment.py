@@ -49,3 +49,16 @@ def test_harvest_train_and_audit_at_toy_scale(tmp_path: Path, tiny_model_dir: Pa
 def test_contamination_outside_the_unit_interval_is_refused() -> None:
     with pytest.raises(ValueError, match="contamination"):
         train_student([], [[1, 2]], 1.5, StudentConfig(), vocab_size=10, end_of_text=0)
+
+
+def test_sampling_keeps_prompt_and_completion_inside_the_context() -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from distillguard.forensics.experiment import sample
+
+    model = GPT2LMHeadModel(
+        GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=1, n_head=2, eos_token_id=0)
+    )
+    outputs = sample(model, [list(range(1, 30)), [5, 6]], max_tokens=40, seed=3)
+    assert len(outputs) == 2
+    assert all(len(output) <= 15 for output in outputs)

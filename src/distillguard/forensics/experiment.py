@@ -400,12 +400,15 @@ def sample(
 
     generator = torch.Generator().manual_seed(seed)
     limit = int(model.config.n_positions)
+    # prompt + completion must fit the context: keep the prompt's end, at least one token
+    max_tokens = min(max_tokens, limit - 1)
+    keep = limit - max_tokens
     outputs: list[list[int]] = []
     eos = int(model.config.eos_token_id)
     model.eval()
     with torch.no_grad():
         for first in range(0, len(prompts), batch_size):
-            batch = [list(p)[-(limit - max_tokens) :] for p in prompts[first : first + batch_size]]
+            batch = [list(p)[-keep:] for p in prompts[first : first + batch_size]]
             longest = max(len(p) for p in batch)
             # left-pad so that every row's next token is at the last position
             ids = torch.full((len(batch), longest), eos, dtype=torch.long)
