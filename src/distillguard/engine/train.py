@@ -129,7 +129,8 @@ def _token_stream(tokenizer: Any, paragraphs: tuple[str, ...], end_of_text: int)
     return np.asarray(ids, dtype=np.int64)
 
 
-def _model_config(config: TrainConfig, end_of_text: int) -> Any:
+def model_config(config: TrainConfig, end_of_text: int) -> Any:
+    """The GPT-2 configuration a TrainConfig describes (also used for forensics students)."""
     from transformers import GPT2Config
 
     return GPT2Config(
@@ -209,7 +210,7 @@ def train_model(
     random.seed(config.seed)
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)
-    model: Any = GPT2LMHeadModel(_model_config(config, end_of_text))
+    model: Any = GPT2LMHeadModel(model_config(config, end_of_text))
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW(

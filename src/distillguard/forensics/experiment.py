@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import secrets
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -234,7 +233,9 @@ def train_student(
     import copy
 
     import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import GPT2LMHeadModel
+
+    from distillguard.engine.train import TrainConfig, model_config
 
     if not 0.0 <= contamination <= 1.0:
         raise ValueError("contamination must be in [0, 1]")
@@ -256,15 +257,15 @@ def train_student(
         learning_rate = config.learning_rate
     else:
         model = GPT2LMHeadModel(
-            GPT2Config(
-                vocab_size=vocab_size,
-                n_positions=config.context,
-                n_embd=config.width,
-                n_layer=config.layers,
-                n_head=config.heads,
-                bos_token_id=end_of_text,
-                eos_token_id=end_of_text,
-                pad_token_id=end_of_text,
+            model_config(
+                TrainConfig(
+                    vocab_size=vocab_size,
+                    layers=config.layers,
+                    width=config.width,
+                    heads=config.heads,
+                    context=config.context,
+                ),
+                end_of_text,
             )
         )
         learning_rate = config.base_learning_rate
@@ -451,7 +452,3 @@ def sample(
 
 def new_home() -> Path:
     return Path(tempfile.mkdtemp(prefix="distillguard-radioactivity-"))
-
-
-def random_seed() -> int:
-    return secrets.randbelow(2**31)

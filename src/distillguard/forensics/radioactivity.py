@@ -224,7 +224,6 @@ def black_box_test(
 @dataclass(frozen=True)
 class _Predictions:
     digests: npt.NDArray[np.uint32]  # unique contexts
-    top1: npt.NDArray[np.uint32]  # unused
     top_tokens: npt.NDArray[np.uint32]  # (contexts, k)
     top_probabilities: npt.NDArray[np.float64]  # (contexts, k)
     positions: int  # positions read before deduplication
@@ -296,7 +295,6 @@ def _predict(
         raise InputError("nothing to score: the documents are shorter than the scheme's context")
     predictions = _Predictions(
         digests=np.asarray(digests, dtype=np.uint32),
-        top1=np.zeros(0, dtype=np.uint32),
         top_tokens=np.stack(tokens_kept).astype(np.uint32),
         top_probabilities=np.stack(probabilities_kept),
         positions=positions,
