@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,60 @@ def llama_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Pa
     )
     transformers.LlamaForCausalLM(config).save_pretrained(directory)
     return directory
+
+
+# -- real services for the multi-replica mode ------------------------------------------------
+
+REDIS_URL_VARIABLE = "DISTILLGUARD_TEST_REDIS_URL"
+DATABASE_URL_VARIABLE = "DISTILLGUARD_TEST_DATABASE_URL"
+
+
+def postgres_url() -> str:
+    """The test database's URL, or skip with the reason."""
+    url = os.environ.get(DATABASE_URL_VARIABLE)
+    if not url:
+        pytest.skip(f"{DATABASE_URL_VARIABLE} is unset: no PostgreSQL to test against")
+    pytest.importorskip("psycopg")
+    return url
+
+
+def redis_url() -> str:
+    """The test Redis's URL (a database the tests may flush), or skip with the reason."""
+    url = os.environ.get(REDIS_URL_VARIABLE)
+    if not url:
+        pytest.skip(f"{REDIS_URL_VARIABLE} is unset: no Redis to test against")
+    redis = pytest.importorskip("redis")
+    try:
+        redis.Redis.from_url(url).ping()
+    except redis.RedisError as exc:
+        pytest.skip(f"Redis at {url} does not answer: {exc}")
+    return url
+
+
+@pytest.fixture
+def fresh_postgres_url() -> Iterator[str]:
+    """A URL whose search_path is a new, empty schema, dropped afterwards."""
+    import secrets
+
+    import psycopg
+
+    url = postgres_url()
+    schema = "dg_test_" + secrets.token_hex(6)
+    try:
+        with psycopg.connect(url, autocommit=True) as admin:
+            admin.execute(f"CREATE SCHEMA {schema}")
+    except psycopg.Error as exc:
+        pytest.skip(f"PostgreSQL at {url} is unavailable: {exc}")
+    separator = "&" if "?" in url else "?"
+    yield f"{url}{separator}options=-csearch_path%3D{schema}"
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest) -> str | None:
+    """Each store backend in turn: None (the SQLite file) or a fresh PostgreSQL schema."""
+    if request.param == "sqlite":
+        return None
+    url: str = request.getfixturevalue("fresh_postgres_url")
+    return url

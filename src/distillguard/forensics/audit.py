@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 
 from distillguard.errors import ConfigError, InputError
 from distillguard.gateway.audit import read_usage
+from distillguard.store.base import Connection
 
 __all__ = ["LoggedTraffic", "load_logged", "query_suspect"]
 
@@ -33,7 +33,7 @@ class LoggedTraffic:
 
 
 def load_logged(
-    connection: sqlite3.Connection, *, tenant: str | None = None, limit: int | None = None
+    connection: Connection, *, tenant: str | None = None, limit: int | None = None
 ) -> LoggedTraffic:
     """Watermarked traffic served with success, in the order it was logged."""
     prompts, outputs, tenants = [], [], []

@@ -13,12 +13,12 @@ import base64
 import hashlib
 import hmac
 import secrets
-import sqlite3
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from distillguard.errors import ConfigError, KeyNotFoundError
+from distillguard.store.base import Connection
 
 __all__ = [
     "ApiKey",
@@ -60,7 +60,7 @@ def _hash(salt: bytes, secret: str) -> bytes:
 
 
 def create_api_key(
-    connection: sqlite3.Connection,
+    connection: Connection,
     tenant: str,
     *,
     rpm: int,
@@ -98,7 +98,7 @@ def create_api_key(
     return f"{_PREFIX}-{key_id}-{secret}", record
 
 
-def list_api_keys(connection: sqlite3.Connection) -> list[ApiKey]:
+def list_api_keys(connection: Connection) -> list[ApiKey]:
     rows = connection.execute(
         "SELECT key_id, tenant, rpm, tpm, daily_tokens, concurrency, tier, created_at, revoked_at "
         "FROM api_keys ORDER BY created_at"
@@ -106,7 +106,7 @@ def list_api_keys(connection: sqlite3.Connection) -> list[ApiKey]:
     return [ApiKey(*row) for row in rows]
 
 
-def revoke_api_key(connection: sqlite3.Connection, key_id: str) -> ApiKey:
+def revoke_api_key(connection: Connection, key_id: str) -> ApiKey:
     with connection:
         cursor = connection.execute(
             "UPDATE api_keys SET revoked_at = ? WHERE key_id = ? AND revoked_at IS NULL",
@@ -120,7 +120,7 @@ def revoke_api_key(connection: sqlite3.Connection, key_id: str) -> ApiKey:
 class KeyStore:
     """Authenticates presented keys against the stored hashes (rows cached after first use)."""
 
-    def __init__(self, connection: sqlite3.Connection) -> None:
+    def __init__(self, connection: Connection) -> None:
         self._connection = connection
         self._cache: dict[str, tuple[float, tuple[bytes, bytes, ApiKey]]] = {}
 

@@ -10,6 +10,7 @@ errors use OpenAI's body `{"error": {"message", "type", "param", "code"}}`.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import json
@@ -110,6 +111,8 @@ class _Call:
     max_tokens: int | None = None
     watermark_key_id: str | None = None
     watermark_header: str | None = None  # key id, "none", or "unavailable" (upstream mode)
+    committed: asyncio.Future[None] | None = None  # the usage row's commit, when durable
+    finished: bool = False
 
 
 class Gateway:
@@ -134,6 +137,7 @@ class Gateway:
         monitor: MonitorHook | None = None,
         admin_token: str | None = None,
         clock: Callable[[], float] = time.time,
+        durable_audit: bool = True,
     ) -> None:
         if (engine is None) == (upstream is None):
             raise ConfigError("the gateway serves either a local engine or an upstream, not both")
@@ -154,6 +158,9 @@ class Gateway:
         self.monitor = monitor
         self.admin_token = admin_token
         self.clock = clock
+        # Answer only once the usage row is committed (a killed replica loses no answered
+        # request). The traffic simulator turns it off: it has no process to lose.
+        self.durable_audit = durable_audit
         self.monitor_seconds = 0.0  # time the request path spent handing events to the monitor
         self.monitor_calls = 0
         self.app = Starlette(
@@ -286,19 +293,28 @@ class Gateway:
         return JSONResponse(body, headers={"x-request-id": call.request_id})
 
     async def completions(self, request: Request) -> Response:
-        return await self._generate(request, chat=False)
+        return await self._answer(request, chat=False)
 
     async def chat_completions(self, request: Request) -> Response:
-        return await self._generate(request, chat=True)
+        return await self._answer(request, chat=True)
 
-    # -- the request path -----------------------------------------------------------------------
-
-    async def _generate(self, request: Request, *, chat: bool) -> Response:
-        if self.upstream is not None:
-            return await self._proxy(request, self.upstream, chat=chat)
+    async def _answer(self, request: Request, *, chat: bool) -> Response:
+        """Serve the request; the answer leaves once its usage row is committed (a stream
+        waits for that before its last chunk)."""
         call = _Call(
             _request_id(), time.perf_counter(), "chat.completions" if chat else "completions"
         )
+        if self.upstream is not None:
+            response = await self._proxy(request, call, self.upstream, chat=chat)
+        else:
+            response = await self._generate(request, call, chat=chat)
+        if call.committed is not None and not isinstance(response, StreamingResponse):
+            await call.committed
+        return response
+
+    # -- the request path -----------------------------------------------------------------------
+
+    async def _generate(self, request: Request, call: _Call, *, chat: bool) -> Response:
         try:
             call.key = self._authenticate(request)
             body = await self._read_json(request)
@@ -364,22 +380,25 @@ class Gateway:
                 call.completion_tokens += 1
                 shape = chat_chunk if chat else completion_chunk
                 yield shape(call.request_id, model, created, event)
+            outcome, status = "ok", 200
+            await self._finish_durably(call, status, outcome)
             if parsed.include_usage:
                 usage = (prepared.prompt_tokens, call.completion_tokens)
                 shape = chat_chunk if chat else completion_chunk
                 yield shape(call.request_id, model, created, None, usage=usage)
             yield "data: [DONE]\n\n"
-            outcome, status = "ok", 200
         except Exception:
             log.exception("stream %s failed", call.request_id)
             outcome, status = "error", 500
+            await self._finish_durably(call, status, outcome)
             yield (
                 "data: "
                 + json.dumps(error_body(ApiError(500, "generation failed", kind="server_error")))
                 + "\n\n"
             )
         finally:
-            self._finish(call, status, outcome)
+            if not call.finished:  # the client went away mid-stream
+                self._finish(call, status, outcome)
 
     # -- steps --------------------------------------------------------------------------------
 
@@ -548,9 +567,16 @@ class Gateway:
     # -- bookkeeping --------------------------------------------------------------------------
 
     def _finish(self, call: _Call, status: int, outcome: str) -> None:
+        call.finished = True
         if call.admission is not None:
             self.limiter.settle(call.admission, call.prompt_tokens + call.completion_tokens)
         self._record(call, status, outcome)
+
+    async def _finish_durably(self, call: _Call, status: int, outcome: str) -> None:
+        """Finish the call and wait for its usage row's commit (before a stream's last chunk)."""
+        self._finish(call, status, outcome)
+        if call.committed is not None:
+            await call.committed
 
     def _record(self, call: _Call, status: int, outcome: str) -> None:
         prompt_tokens = call.prompt_tokens if call.admission is not None else 0
@@ -602,30 +628,30 @@ class Gateway:
         output_text = (
             json.dumps(["".join(parts) for parts in call.texts]) if self.store_text else ""
         )
-        self.audit.append(
-            UsageRecord(
-                request_id=call.request_id,
-                created_at=datetime.now(UTC)
-                .isoformat(timespec="microseconds")
-                .replace("+00:00", "Z"),
-                tenant=call.key.tenant,
-                key_id=call.key.key_id,
-                model=parsed.model if parsed is not None else self.model_name,
-                endpoint=call.endpoint,
-                status=status,
-                outcome=outcome,
-                prompt_tokens=prompt_tokens,
-                completion_tokens=call.completion_tokens,
-                latency_ms=(time.perf_counter() - call.started) * 1000,
-                watermark_key_id=call.watermark_key_id,
-                fingerprint=self._engine.scheme.fingerprint
-                if self._engine is not None and call.watermark_key_id
-                else None,
-                parameters=parameters,
-                prompt_text=call.prompt_text if self.store_text else "",
-                output_text=output_text,
-            )
+        record = UsageRecord(
+            request_id=call.request_id,
+            created_at=datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z"),
+            tenant=call.key.tenant,
+            key_id=call.key.key_id,
+            model=parsed.model if parsed is not None else self.model_name,
+            endpoint=call.endpoint,
+            status=status,
+            outcome=outcome,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=call.completion_tokens,
+            latency_ms=(time.perf_counter() - call.started) * 1000,
+            watermark_key_id=call.watermark_key_id,
+            fingerprint=self._engine.scheme.fingerprint
+            if self._engine is not None and call.watermark_key_id
+            else None,
+            parameters=parameters,
+            prompt_text=call.prompt_text if self.store_text else "",
+            output_text=output_text,
         )
+        if self.durable_audit:
+            call.committed = self.audit.submit(record)
+        else:
+            self.audit.append(record)
 
     def _max_tokens_cap(self) -> int:
         if self._engine is not None:
@@ -673,11 +699,10 @@ class Gateway:
 
     # -- upstream mode -------------------------------------------------------------------------
 
-    async def _proxy(self, request: Request, upstream: Upstream, *, chat: bool) -> Response:
+    async def _proxy(
+        self, request: Request, call: _Call, upstream: Upstream, *, chat: bool
+    ) -> Response:
         """Keys, limits, metering and audit in front of an OpenAI-compatible upstream."""
-        call = _Call(
-            _request_id(), time.perf_counter(), "chat.completions" if chat else "completions"
-        )
         call.watermark_header = "unavailable"
         try:
             call.key = self._authenticate(request)
@@ -752,12 +777,16 @@ class Gateway:
             async for code, line in upstream.stream(path, body):
                 if code >= 400:
                     outcome, status = "upstream_rejected", code
+                    await self._finish_durably(call, status, outcome)
                     yield "data: " + line + "\n\n"
                     return
                 if not line.startswith("data: "):
                     continue
                 data = line[6:]
-                if data != "[DONE]":
+                if data == "[DONE]":
+                    outcome, status = "ok", 200
+                    await self._finish_durably(call, status, outcome)
+                else:
                     chunk = json.loads(data)
                     usage = chunk.get("usage")
                     if isinstance(usage, dict):
@@ -773,10 +802,12 @@ class Gateway:
             outcome, status = "ok", 200
         except UpstreamError as exc:
             outcome, status = "upstream_error", 502
+            await self._finish_durably(call, status, outcome)
             error = ApiError(502, f"the upstream failed: {exc}", kind="upstream_error")
             yield "data: " + json.dumps(error_body(error)) + "\n\n"
         finally:
-            self._finish(call, status, outcome)
+            if not call.finished:
+                self._finish(call, status, outcome)
 
     async def _http_error(self, request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 500

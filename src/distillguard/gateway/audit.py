@@ -8,22 +8,31 @@ zlib-compressed) and an audit record chained by hash::
     record_hash = SHA-256(prev_hash || record)        (prev_hash of the first record: 64 zeros)
 
 Changing any row (its text, a token count) or the order of rows breaks the chain at that
-record; `verify_chain` names the first bad one. Writes happen on a background thread in
-batches, off the request path; `close()` flushes what is queued, so a response the client
-received always has its rows once the gateway shuts down cleanly.
+record; `verify_chain` names the first bad one.
+
+Writes happen on a background thread with group commit: whatever is queued when a write
+starts goes in one transaction. The gateway waits for its record's commit (`durable`) before
+the response's last bytes leave, so a response a client received always has its rows, even
+when the process is killed. Several processes (replicas) append to one chain: each write
+takes the database's chain lock (`store.lock_chain`), reads the last hash and appends after
+it, so `verify_chain` checks one sequence whatever the number of replicas.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import logging
 import queue
-import sqlite3
 import threading
+import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from distillguard.store.base import Connection, lock_chain
 
 __all__ = [
     "AuditLog",
@@ -33,6 +42,8 @@ __all__ = [
     "read_usage",
     "verify_chain",
 ]
+
+log = logging.getLogger("distillguard.audit")
 
 GENESIS = "0" * 64
 _USAGE_COLUMNS = (
@@ -95,31 +106,46 @@ def _chain(prev_hash: str, record: str) -> str:
 
 
 class AuditLog:
-    """Batched background writer of usage rows and their chained audit records."""
+    """Background writer of usage rows and their chained audit records (group commit)."""
 
     def __init__(
         self,
-        connect: Callable[[], sqlite3.Connection],
+        connect: Callable[[], Connection],
         *,
         flush_interval: float = 0.05,
         max_batch: int = 512,
         store_text: bool = True,
     ) -> None:
         self._connect = connect
-        self._flush_interval = flush_interval
+        self._flush_interval = flush_interval  # how long a lone record may wait for company
         self._max_batch = max_batch
         self._store_text = store_text
-        self._queue: queue.Queue[UsageRecord | None] = queue.Queue()
+        self._queue: queue.Queue[_Pending | None] = queue.Queue()
         self._written = threading.Condition()
         self._pending = 0
+        self._failures = 0
         self._thread = threading.Thread(target=self._run, name="distillguard-audit", daemon=True)
         self._thread.start()
 
     def append(self, record: UsageRecord) -> None:
-        """Queue a record; returns at once (the request path never waits on the database)."""
-        with self._written:
-            self._pending += 1
-        self._queue.put(record)
+        """Queue a record; returns at once."""
+        self._enqueue(_Pending(record))
+
+    def submit(self, record: UsageRecord) -> asyncio.Future[None]:
+        """Queue a record; the future (of the running event loop) resolves once it is committed."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        self._enqueue(_Pending(record, loop, done))
+        return done
+
+    async def durable(self, record: UsageRecord) -> None:
+        """Queue a record and wait (without blocking the event loop) until it is committed."""
+        await self.submit(record)
+
+    @property
+    def write_failures(self) -> int:
+        """Batches that could not be written (each was retried until it was)."""
+        return self._failures
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything queued so far is written."""
@@ -130,60 +156,86 @@ class AuditLog:
         self._queue.put(None)
         self._thread.join()
 
+    def _enqueue(self, pending: _Pending) -> None:
+        with self._written:
+            self._pending += 1
+        self._queue.put(pending)
+
     def _run(self) -> None:
         connection = self._connect()
-        last = connection.execute(
-            "SELECT record_hash FROM audit ORDER BY seq DESC LIMIT 1"
-        ).fetchone()
-        prev_hash = last[0] if last else GENESIS
         stopping = False
         while not stopping:
-            batch: list[UsageRecord] = []
+            batch: list[_Pending] = []
             item = self._queue.get()
             if item is None:
                 stopping = True
             else:
                 batch.append(item)
+            # Group commit: take what is queued now; a record that waits for a durable answer
+            # is written at once, a fire-and-forget one may wait `flush_interval` for company.
+            wait = (
+                0.0 if stopping or any(p.done is not None for p in batch) else self._flush_interval
+            )
             while len(batch) < self._max_batch:
                 try:
-                    item = (
-                        self._queue.get(timeout=self._flush_interval)
-                        if not stopping
-                        else self._queue.get_nowait()
-                    )
+                    item = self._queue.get(timeout=wait) if wait else self._queue.get_nowait()
                 except queue.Empty:
                     break
                 if item is None:
                     stopping = True
+                    wait = 0.0
                     continue
                 batch.append(item)
+                if item.done is not None:
+                    wait = 0.0
             if batch:
-                prev_hash = self._write(connection, batch, prev_hash)
+                self._write_retrying(connection, batch)
+                for pending in batch:
+                    pending.resolve()
                 with self._written:
                     self._pending -= len(batch)
                     self._written.notify_all()
         connection.close()
 
-    def _write(
-        self, connection: sqlite3.Connection, batch: list[UsageRecord], prev_hash: str
-    ) -> str:
-        """Insert a batch of usage rows and their chained audit records in one transaction."""
+    def _write_retrying(self, connection: Connection, batch: list[_Pending]) -> None:
+        """Write the batch; on a database error, log it and retry (the answers wait)."""
+        delay = 0.05
+        while True:
+            try:
+                self._write(connection, [pending.record for pending in batch])
+                return
+            except Exception:
+                self._failures += 1
+                log.exception("audit write of %d records failed; retrying", len(batch))
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    def _write(self, connection: Connection, batch: list[UsageRecord]) -> None:
+        """Insert a batch of usage rows and their chained audit records in one transaction,
+        after the chain's last record (whichever process wrote it)."""
         usage_rows = []
-        links = []
+        audited_records = []
         for record in batch:
             row = dict(vars(record))  # shallow: asdict deep-copies, which costs on the hot path
             row["parameters"] = json.dumps(record.parameters, sort_keys=True, separators=(",", ":"))
             if not self._store_text:
                 row["prompt_text"] = row["output_text"] = ""
-            audited = _record_json(row)
-            record_hash = _chain(prev_hash, audited)
-            links.append((record.request_id, audited, prev_hash, record_hash))
-            prev_hash = record_hash
+            audited_records.append((record.request_id, _record_json(row)))
             row["prompt_text"] = zlib.compress(row["prompt_text"].encode())
             row["output_text"] = zlib.compress(row["output_text"].encode())
             usage_rows.append(tuple(row[name] for name in _USAGE_COLUMNS))
         placeholders = ", ".join("?" for _ in _USAGE_COLUMNS)
         with connection:
+            lock_chain(connection)
+            last = connection.execute(
+                "SELECT record_hash FROM audit ORDER BY seq DESC LIMIT 1"
+            ).fetchone()
+            prev_hash = last[0] if last else GENESIS
+            links = []
+            for request_id, audited in audited_records:
+                record_hash = _chain(prev_hash, audited)
+                links.append((request_id, audited, prev_hash, record_hash))
+                prev_hash = record_hash
             connection.executemany(
                 f"INSERT INTO usage ({', '.join(_USAGE_COLUMNS)}) VALUES ({placeholders})",  # noqa: S608
                 usage_rows,
@@ -193,7 +245,22 @@ class AuditLog:
                 "VALUES (?, ?, ?, ?)",
                 links,
             )
-        return prev_hash
+
+
+@dataclass
+class _Pending:
+    record: UsageRecord
+    loop: asyncio.AbstractEventLoop | None = None
+    done: asyncio.Future[None] | None = None
+
+    def resolve(self) -> None:
+        if self.loop is not None and self.done is not None:
+            self.loop.call_soon_threadsafe(_set_done, self.done)
+
+
+def _set_done(future: asyncio.Future[None]) -> None:
+    if not future.done():  # the waiting request may have been cancelled
+        future.set_result(None)
 
 
 @dataclass(frozen=True)
@@ -205,7 +272,7 @@ class ChainVerification:
     reason: str | None = None
 
 
-def verify_chain(connection: sqlite3.Connection) -> ChainVerification:
+def verify_chain(connection: Connection) -> ChainVerification:
     """Recompute every record from its usage row and every hash from the previous one."""
     prev_hash = GENESIS
     count = 0
@@ -249,7 +316,7 @@ def verify_chain(connection: sqlite3.Connection) -> ChainVerification:
     return ChainVerification(True, count)
 
 
-def purge_text(connection: sqlite3.Connection, before: str) -> int:
+def purge_text(connection: Connection, before: str) -> int:
     """Drop the prompt and output text of usage rows created before `before` (ISO 8601).
 
     The rows, their token counts and their audit records stay; `verify_chain` still checks
@@ -261,11 +328,11 @@ def purge_text(connection: sqlite3.Connection, before: str) -> int:
             "WHERE created_at < ? AND prompt_text IS NOT NULL",
             (before,),
         )
-    return cursor.rowcount
+    return int(cursor.rowcount)
 
 
 def read_usage(
-    connection: sqlite3.Connection, *, tenant: str | None = None, key_id: str | None = None
+    connection: Connection, *, tenant: str | None = None, key_id: str | None = None
 ) -> list[UsageRecord]:
     """Usage rows in the order they were written, texts decompressed (empty once purged);
     `output_text` is the JSON array of the choices' texts."""
@@ -279,8 +346,10 @@ def read_usage(
         arguments.append(key_id)
     if clauses:
         query += " WHERE " + " AND ".join(clauses)
+    # the order they were written: the audit chain's
+    query += " ORDER BY (SELECT seq FROM audit WHERE audit.request_id = usage.request_id)"
     records = []
-    for values in connection.execute(query + " ORDER BY rowid", arguments):
+    for values in connection.execute(query, arguments):
         row = dict(zip(_USAGE_COLUMNS, values, strict=True))
         for name in ("prompt_text", "output_text"):
             blob = row[name]

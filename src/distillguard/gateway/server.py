@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from distillguard.monitor.history import TierHistory
 from distillguard.monitor.model import RiskModel
 from distillguard.monitor.monitor import Monitor
 from distillguard.store import connect
+from distillguard.store.base import Connection
 from distillguard.watermark.key import WatermarkKey
 
 __all__ = ["Server", "build_server"]
@@ -32,7 +32,7 @@ class Server:
     gateway: Gateway
     engine: Engine | None
     audit: AuditLog
-    connection: sqlite3.Connection
+    connection: Connection
     demo_key: str | None  # the demo API key, when this start created it (shown once)
     monitor: Monitor | None = None
 
@@ -141,5 +141,5 @@ def _upstream_models(url: str, api_key: str | None) -> tuple[str, ...]:
     return names
 
 
-def _audit_connection(home: Path) -> sqlite3.Connection:
+def _audit_connection(home: Path) -> Connection:
     return connect(home)

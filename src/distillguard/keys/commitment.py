@@ -10,11 +10,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from distillguard.keys.derive import TenantKey
+from distillguard.store.base import Connection
 from distillguard.watermark.scheme import SchemeConfig
 
 __all__ = [
@@ -67,7 +67,7 @@ def verify_commitment(key: TenantKey, recorded: KeyCommitment) -> bool:
 
 
 def record_commitment(
-    connection: sqlite3.Connection, key: TenantKey, scheme: SchemeConfig
+    connection: Connection, key: TenantKey, scheme: SchemeConfig
 ) -> KeyCommitment:
     """Record a commitment for (key, scheme) once; later calls return the first record."""
     existing = _find(connection, key, scheme.fingerprint)
@@ -76,8 +76,9 @@ def record_commitment(
     record = commit(key, scheme)
     with connection:
         connection.execute(
-            "INSERT OR IGNORE INTO key_commitments (tenant, key_version, key_id, fingerprint, "
-            "scheme_json, created_at, commitment) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO key_commitments (tenant, key_version, key_id, fingerprint, "
+            "scheme_json, created_at, commitment) VALUES (?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT DO NOTHING",
             (
                 record.tenant,
                 record.key_version,
@@ -95,7 +96,7 @@ def record_commitment(
     return stored
 
 
-def _find(connection: sqlite3.Connection, key: TenantKey, fingerprint: str) -> KeyCommitment | None:
+def _find(connection: Connection, key: TenantKey, fingerprint: str) -> KeyCommitment | None:
     for item in recorded_commitments(connection, tenant=key.tenant):
         if item.key_version == key.version and item.fingerprint == fingerprint:
             return item
@@ -103,7 +104,7 @@ def _find(connection: sqlite3.Connection, key: TenantKey, fingerprint: str) -> K
 
 
 def recorded_commitments(
-    connection: sqlite3.Connection, *, tenant: str | None = None
+    connection: Connection, *, tenant: str | None = None
 ) -> list[KeyCommitment]:
     """Recorded commitments, oldest first, optionally for one tenant."""
     query = "SELECT * FROM key_commitments"

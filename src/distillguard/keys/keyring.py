@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import sqlite3
-
 from distillguard.errors import KeyNotFoundError
 from distillguard.keys.commitment import recorded_commitments
 from distillguard.keys.derive import derive_tenant_key
 from distillguard.keys.secret import MasterSecret
+from distillguard.store.base import Connection
 from distillguard.watermark.key import WatermarkKey
 
 __all__ = ["Keyring"]
@@ -20,7 +19,7 @@ class Keyring:
     commitment was never recorded (and which no report could later vouch for).
     """
 
-    def __init__(self, master: MasterSecret, connection: sqlite3.Connection) -> None:
+    def __init__(self, master: MasterSecret, connection: Connection) -> None:
         self._master = master
         self._connection = connection
         self._cache: dict[tuple[str, int], WatermarkKey] = {}

@@ -8,12 +8,12 @@ account back in the tier it had: a blocked harvester stays blocked across restar
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 
 from distillguard.monitor.monitor import TierChange
+from distillguard.store.base import Connection
 
 __all__ = ["TierHistory"]
 
@@ -21,12 +21,12 @@ __all__ = ["TierHistory"]
 class TierHistory:
     """Appends tier changes (from the monitor's thread) and reads the latest tier per key."""
 
-    def __init__(self, connect: Callable[[], sqlite3.Connection]) -> None:
+    def __init__(self, connect: Callable[[], Connection]) -> None:
         self._connect = connect
         self._local = threading.local()  # sqlite connections stay in the thread that made them
 
-    def _connection(self) -> sqlite3.Connection:
-        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
+    def _connection(self) -> Connection:
+        connection: Connection | None = getattr(self._local, "connection", None)
         if connection is None:
             connection = self._local.connection = self._connect()
         return connection

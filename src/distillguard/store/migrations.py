@@ -1,4 +1,9 @@
-"""Named, ordered schema migrations. Append only: a migration that has run never changes."""
+"""Named, ordered schema migrations. Append only: a migration that has run never changes.
+
+Written in SQLite's dialect; `store/postgres.py` translates the few type names that differ
+(BLOB, REAL, INTEGER and the `seq INTEGER PRIMARY KEY` row id), so both backends have the same
+tables, columns and indexes.
+"""
 
 from __future__ import annotations
 
@@ -87,6 +92,12 @@ MIGRATIONS: list[tuple[str, str]] = [
             reasons TEXT NOT NULL
         );
         CREATE INDEX tier_changes_key ON tier_changes (key_id, seq);
+        """,
+    ),
+    (
+        "005_audit_request_index",
+        """
+        CREATE INDEX audit_request ON audit (request_id);
         """,
     ),
 ]
