@@ -15,6 +15,7 @@ OpenAI-format error bodies. The hierarchy::
     │   └── ContextLengthError        prompt + max_tokens exceed the model's context
     ├── EngineError                   generation failed or the engine is closed
     ├── AuditChainError               the audit log's hash chain does not verify
+    ├── ServiceUnavailableError       a shared service (Redis, PostgreSQL) cannot be reached
     └── MissingDependencyError        an optional extra is not installed
 """
 
@@ -33,6 +34,7 @@ __all__ = [
     "ModelLoadError",
     "SchemeError",
     "SecretError",
+    "ServiceUnavailableError",
     "VocabularyMismatchError",
 ]
 
@@ -101,3 +103,7 @@ def require(module: str, extra: str) -> None:
         raise MissingDependencyError(
             f"this feature needs {module!r}: pip install 'distillguard[{extra}]'"
         )
+
+
+class ServiceUnavailableError(DistillGuardError):
+    """A shared service the gateway depends on (Redis, PostgreSQL) cannot be reached."""

@@ -48,6 +48,7 @@ from distillguard.gateway.protocol import (
 )
 from distillguard.gateway.ratelimit import (
     Admission,
+    LimiterUnavailable,
     Limits,
     MemoryRateLimiter,
     RateLimiter,
@@ -207,6 +208,7 @@ class Gateway:
         )
 
     async def metrics_endpoint(self, request: Request) -> Response:
+        self.metrics.set_limiter_unavailable(getattr(self.limiter, "unavailable", 0))
         return PlainTextResponse(
             self.metrics.render(),
             media_type="text/plain; version=0.0.4",
@@ -538,8 +540,11 @@ class Gateway:
         return self.limiter.admit(tuple(scopes), reserved)
 
     def _admit_call(self, call: _Call, key: ApiKey, reserved: int) -> Response | None:
-        """Admit the call (recording its admission), or return the 429 to answer with."""
-        decision = self._admit(key, reserved)
+        """Admit the call (recording its admission), or return the 429 (or 503) to answer."""
+        try:
+            decision = self._admit(key, reserved)
+        except LimiterUnavailable as exc:
+            raise ApiError(503, str(exc), kind="server_error", code="limiter_unavailable") from None
         if isinstance(decision, Refusal):
             call.snapshot = decision.snapshot
             return self._refuse(call, decision)
@@ -682,10 +687,7 @@ class Gateway:
         )
 
     def limiter_snapshot(self, key: ApiKey) -> Snapshot | None:
-        snapshot = getattr(self.limiter, "snapshot", None)
-        if snapshot is None:
-            return None
-        return snapshot(self._key_scope(key))  # type: ignore[no-any-return]
+        return self.limiter.snapshot(self._key_scope(key))
 
     def _key_scope(self, key: ApiKey) -> Scope:
         factor = self.tiers.get(self._tier_name(key), Tier()).rate_factor

@@ -21,6 +21,7 @@ class Metrics:
         self._requests: defaultdict[tuple[str, str, str], int] = defaultdict(int)
         self._tokens: defaultdict[str, int] = defaultdict(int)
         self._refusals: defaultdict[str, int] = defaultdict(int)
+        self._limiter_unavailable = 0
         self._latency_counts = [0] * len(_BUCKETS)
         self._latency_sum = 0.0
         self._latency_total = 0
@@ -48,6 +49,11 @@ class Metrics:
         with self._lock:
             self._refusals[reason] += 1
 
+    def set_limiter_unavailable(self, total: int) -> None:
+        """The shared limiter's count of decisions taken without Redis (it keeps the count)."""
+        with self._lock:
+            self._limiter_unavailable = total
+
     def render(self) -> str:
         with self._lock:
             lines = [
@@ -69,6 +75,12 @@ class Metrics:
             ]
             for reason, count in sorted(self._refusals.items()):
                 lines.append(f'distillguard_rate_limited_total{{reason="{reason}"}} {count}')
+            lines += [
+                "# HELP distillguard_limiter_unavailable_total Requests decided without the shared "
+                "limiter (Redis unreachable): refused with 503, or admitted when failing open.",
+                "# TYPE distillguard_limiter_unavailable_total counter",
+                f"distillguard_limiter_unavailable_total {self._limiter_unavailable}",
+            ]
             lines += [
                 "# HELP distillguard_request_seconds Seconds to answer (streams: last byte).",
                 "# TYPE distillguard_request_seconds histogram",

@@ -10,8 +10,9 @@ at a time. Tokens are reserved at admission as prompt tokens + max_tokens x n (a
 them) and settled to the tokens actually used when the response ends; a concurrency cap per key
 counts requests in flight. A refused request consumes nothing.
 
-This is the memory backend, for one process; `RateLimiter` is the interface a shared (Redis)
-backend implements for several replicas. The `limits` library was evaluated and not used: its
+This is the memory backend, for one process; `RateLimiter` is the interface that the Redis
+backend (`gateway/ratelimit_redis.py`) implements for several replicas; `limiter_from_url`
+picks one. The `limits` library was evaluated and not used: its
 strategies cannot refund a reservation (settlement) and a rejected fixed-window hit still counts.
 """
 
@@ -24,14 +25,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from distillguard.errors import ConfigError, ServiceUnavailableError
+
 __all__ = [
     "Admission",
+    "LimiterUnavailable",
     "Limits",
     "MemoryRateLimiter",
     "RateLimiter",
     "Refusal",
     "Scope",
     "format_duration",
+    "limiter_from_url",
 ]
 
 WINDOW = 60.0
@@ -72,6 +77,7 @@ class Admission:
     entries: list[list[float]]  # the token log entries, one per scope, settled later
     snapshot: Snapshot
     settled: bool = False
+    token: str | None = None  # the shared backend's admission id
 
 
 @dataclass(frozen=True)
@@ -82,10 +88,32 @@ class Refusal:
     snapshot: Snapshot
 
 
+class LimiterUnavailable(ServiceUnavailableError):
+    """The shared limiter cannot decide (Redis is down) and is configured to fail closed."""
+
+
 class RateLimiter(Protocol):
     def admit(self, scopes: tuple[Scope, ...], tokens: int) -> Admission | Refusal: ...
 
     def settle(self, admission: Admission, used_tokens: int) -> None: ...
+
+    def snapshot(self, scope: Scope) -> Snapshot | None: ...
+
+
+def limiter_from_url(url: str | None, *, fail_open: bool = False) -> RateLimiter:
+    """The memory limiter (no URL: one process) or the Redis one (``redis://``, ``rediss://``,
+    ``unix://``) that several replicas share."""
+    if url is None:
+        return MemoryRateLimiter()
+    if url.split("://", 1)[0] not in ("redis", "rediss", "unix"):
+        raise ConfigError(
+            f"unsupported rate limiter URL {url.split('://', 1)[0]!r}: use redis://..."
+        )
+    from distillguard.gateway.ratelimit_redis import RedisRateLimiter
+
+    limiter = RedisRateLimiter(url, fail_open=fail_open)
+    limiter.ping()
+    return limiter
 
 
 @dataclass

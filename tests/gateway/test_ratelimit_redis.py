@@ -1,0 +1,228 @@
+"""The Redis limiter: the memory limiter's exact rule, shared by every replica, on Redis's clock.
+
+Runs against the Redis named by DISTILLGUARD_TEST_REDIS_URL (skips without it); every test
+uses its own key prefix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from distillguard.engine.engine import Engine
+from distillguard.gateway.audit import read_usage
+from distillguard.gateway.ratelimit import (
+    Admission,
+    LimiterUnavailable,
+    Limits,
+    Refusal,
+    Scope,
+    limiter_from_url,
+)
+from distillguard.store import connect
+
+from ..conftest import redis_url
+from .conftest import make_harness
+
+pytest.importorskip("redis")
+
+from distillguard.gateway.ratelimit_redis import RedisRateLimiter
+
+
+@pytest.fixture
+def replicas() -> Iterator[Callable[[], RedisRateLimiter]]:
+    """Makes limiters that share one prefix, as several gateway processes would."""
+    url = redis_url()
+    prefix = f"dg:test:{secrets.token_hex(4)}:"
+    made: list[RedisRateLimiter] = []
+
+    def make() -> RedisRateLimiter:
+        made.append(RedisRateLimiter(url, prefix=prefix))
+        return made[-1]
+
+    yield make
+    client = made[0]._client if made else None
+    if client is not None:
+        for key in client.scan_iter(match=prefix + "*"):
+            client.delete(key)
+    for limiter in made:
+        limiter.close()
+
+
+def key_scope(rpm: int = 5, tpm: int = 1000, concurrency: int | None = None) -> Scope:
+    return Scope("key:k1", Limits(rpm, tpm, concurrency))
+
+
+def test_replicas_share_the_request_limit(replicas: Callable[[], RedisRateLimiter]) -> None:
+    first, second = replicas(), replicas()
+    scopes = (key_scope(rpm=5),)
+    decisions = [(first if i % 2 else second).admit(scopes, 1) for i in range(6)]
+    assert [isinstance(d, Admission) for d in decisions] == [True] * 5 + [False]
+    refusal = decisions[-1]
+    assert isinstance(refusal, Refusal) and refusal.reason == "requests"
+    assert 55.0 < refusal.retry_after <= 60.0
+    assert refusal.snapshot.remaining_requests == 0
+
+
+def test_settlement_returns_unused_tokens(replicas: Callable[[], RedisRateLimiter]) -> None:
+    limiter = replicas()
+    scopes = (key_scope(rpm=100, tpm=100),)
+    first = limiter.admit(scopes, 60)
+    assert isinstance(first, Admission) and first.snapshot.remaining_tokens == 40
+    refused = limiter.admit(scopes, 60)
+    assert isinstance(refused, Refusal) and refused.reason == "tokens"
+    limiter.settle(first, 10)
+    assert isinstance(limiter.admit(scopes, 60), Admission)
+    assert limiter.snapshot(scopes[0]) is not None
+    snapshot = limiter.snapshot(scopes[0])
+    assert snapshot is not None and snapshot.remaining_tokens == 30
+
+
+def test_a_refused_request_consumes_nothing(replicas: Callable[[], RedisRateLimiter]) -> None:
+    limiter = replicas()
+    scopes = (key_scope(rpm=100, tpm=100), Scope("tenant:t", Limits(1, 10_000)))
+    assert isinstance(limiter.admit(scopes, 50), Admission)
+    refused = limiter.admit(scopes, 20)  # the tenant's one request is used
+    assert isinstance(refused, Refusal) and refused.scope == "tenant:t"
+    snapshot = limiter.snapshot(scopes[0])
+    assert snapshot is not None
+    assert (snapshot.remaining_requests, snapshot.remaining_tokens) == (99, 50)
+
+
+def test_concurrency_counts_requests_in_flight(replicas: Callable[[], RedisRateLimiter]) -> None:
+    limiter = replicas()
+    scopes = (key_scope(rpm=100, tpm=10_000, concurrency=2),)
+    held = [limiter.admit(scopes, 1) for _ in range(2)]
+    refused = limiter.admit(scopes, 1)
+    assert isinstance(refused, Refusal) and refused.reason == "concurrency"
+    first = held[0]
+    assert isinstance(first, Admission)
+    limiter.settle(first, 1)
+    assert isinstance(limiter.admit(scopes, 1), Admission)
+
+
+def test_the_window_slides_on_redis_time(replicas: Callable[[], RedisRateLimiter]) -> None:
+    limiter = replicas()
+    scopes = (Scope("key:k1", Limits(2, 1000), window=0.3),)
+    assert all(isinstance(limiter.admit(scopes, 1), Admission) for _ in range(2))
+    assert isinstance(limiter.admit(scopes, 1), Refusal)
+    time.sleep(0.35)
+    assert isinstance(limiter.admit(scopes, 1), Admission)
+
+
+def test_no_over_admission_when_replicas_race(replicas: Callable[[], RedisRateLimiter]) -> None:
+    """Four limiters on eight threads try 400 admissions against 37 requests and 3,700 tokens."""
+    limiters = [replicas() for _ in range(4)]
+    scopes = (key_scope(rpm=37, tpm=3_700),)
+    admitted: list[int] = []
+    lock = threading.Lock()
+
+    def hammer(index: int) -> None:
+        limiter = limiters[index % 4]
+        for _ in range(50):
+            decision = limiter.admit(scopes, 100)
+            if isinstance(decision, Admission):
+                with lock:
+                    admitted.append(decision.tokens)
+
+    threads = [threading.Thread(target=hammer, args=(index,)) for index in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(admitted) == 37 and sum(admitted) == 3_700
+
+
+def test_an_unreachable_redis_fails_closed_by_default() -> None:
+    limiter = RedisRateLimiter("redis://127.0.0.1:1/0", timeout=0.2)
+    with pytest.raises(LimiterUnavailable, match="unreachable"):
+        limiter.admit((key_scope(),), 1)
+    assert limiter.unavailable == 1
+    limiter.close()
+
+
+def test_an_unreachable_redis_can_fail_open() -> None:
+    limiter = RedisRateLimiter("redis://127.0.0.1:1/0", timeout=0.2, fail_open=True)
+    decision = limiter.admit((key_scope(),), 1)
+    assert isinstance(decision, Admission) and decision.token is None
+    limiter.settle(decision, 1)  # nothing to settle, no error
+    assert limiter.unavailable == 1
+    limiter.close()
+
+
+def test_limiter_urls_pick_the_backend() -> None:
+    from distillguard.errors import ConfigError
+    from distillguard.gateway.ratelimit import MemoryRateLimiter
+
+    assert isinstance(limiter_from_url(None), MemoryRateLimiter)
+    with pytest.raises(ConfigError, match="redis://"):
+        limiter_from_url("memcached://localhost")
+    with pytest.raises(ConfigError, match="cannot reach Redis"):
+        limiter_from_url("redis://127.0.0.1:1/0")
+
+
+def _fire(app: object, key: str, model: str, count: int) -> list[httpx.Response]:
+    async def fire() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
+            return list(
+                await asyncio.gather(
+                    *(
+                        http.post(
+                            "/v1/completions",
+                            json={"model": model, "prompt": "The", "max_tokens": 3},
+                            headers={"authorization": f"Bearer {key}"},
+                        )
+                        for _ in range(count)
+                    )
+                )
+            )
+
+    return asyncio.run(fire())
+
+
+def test_two_gateways_on_one_redis_admit_the_limit_once(
+    tmp_path: Path, shared_engine: Engine, replicas: Callable[[], RedisRateLimiter]
+) -> None:
+    """Two gateway instances on one store and one Redis: 30 requests each, 20 admitted in all."""
+    first = make_harness(tmp_path, shared_engine, rpm=20)
+    second = make_harness(tmp_path / "second", shared_engine, rpm=20)
+    second.gateway.keys = first.gateway.keys  # the same key table, as replicas share one
+    first.gateway.limiter, second.gateway.limiter = replicas(), replicas()
+    key = first.keys["acme"]
+    responses = _fire(first.gateway.app, key, first.model, 30)
+    responses += _fire(second.gateway.app, key, first.model, 30)
+    statuses = [response.status_code for response in responses]
+    assert statuses.count(200) == 20 and statuses.count(429) == 40
+    ok = next(response for response in responses if response.status_code == 200)
+    assert ok.headers["x-ratelimit-limit-requests"] == "20"
+    for harness in (first, second):
+        harness.audit.close()
+
+
+def test_the_gateway_answers_503_when_redis_is_down(tmp_path: Path, shared_engine: Engine) -> None:
+    harness = make_harness(tmp_path, shared_engine)
+    harness.gateway.limiter = RedisRateLimiter("redis://127.0.0.1:1/0", timeout=0.2)
+    (response,) = _fire(harness.gateway.app, harness.keys["acme"], harness.model, 1)
+    assert response.status_code == 503
+    error = response.json()["error"]
+    assert error["code"] == "limiter_unavailable" and error["type"] == "server_error"
+    metrics = asyncio.run(_get(harness.gateway.app, "/metrics"))
+    assert "distillguard_limiter_unavailable_total 1" in metrics
+    harness.flush()
+    rows = read_usage(connect(tmp_path))
+    assert [(row.status, row.outcome) for row in rows] == [(503, "rejected")]
+    harness.audit.close()
+
+
+async def _get(app: object, path: str) -> str:
+    transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
+        return (await http.get(path)).text
