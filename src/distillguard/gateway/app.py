@@ -21,7 +21,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -59,7 +59,7 @@ from distillguard.gateway.ratelimit import (
 )
 from distillguard.gateway.upstream import Upstream, UpstreamError, estimate_tokens
 from distillguard.monitor.events import MonitorEvent, MonitorHook
-from distillguard.monitor.monitor import Monitor
+from distillguard.monitor.monitor import AccountReport, RingReport
 from distillguard.watermark.key import WatermarkKey
 
 __all__ = ["Gateway", "Tier"]
@@ -67,6 +67,17 @@ __all__ = ["Gateway", "Tier"]
 log = logging.getLogger("distillguard.gateway")
 
 DAY = 86_400.0
+
+
+@runtime_checkable
+class MonitorAdmin(Protocol):
+    """What the admin API needs of a monitor (`Monitor`, or `SharedMonitor` for replicas)."""
+
+    def accounts(self) -> list[AccountReport]: ...
+
+    def rings(self) -> list[RingReport]: ...
+
+    def set_tier(self, account: str, tier: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -217,7 +228,7 @@ class Gateway:
 
     # -- the admin API: the monitor's view, and operators' tier decisions ------------------------
 
-    def _admin(self, request: Request) -> Monitor | JSONResponse:
+    def _admin(self, request: Request) -> MonitorAdmin | JSONResponse:
         """The monitor, when the request carries the admin token; else the error to answer."""
         if self.admin_token is None:
             return JSONResponse(
@@ -237,7 +248,7 @@ class Gateway:
                 error_body(ApiError(401, "Incorrect admin token", code="invalid_api_key")),
                 status_code=401,
             )
-        if not isinstance(self.monitor, Monitor):
+        if not isinstance(self.monitor, MonitorAdmin):
             return JSONResponse(
                 error_body(ApiError(404, "the harvest monitor is off", code="monitor_off")),
                 status_code=404,

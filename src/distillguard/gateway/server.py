@@ -1,10 +1,17 @@
-"""Assembling and running the gateway: `distillguard serve`."""
+"""Assembling and running the gateway: `distillguard serve`.
+
+One process by default: SQLite in the data directory, limits and the monitor in memory. With
+a database URL (PostgreSQL) and a Redis URL, any number of processes (`serve_workers`, or
+replicas on several machines) share keys, usage and one audit chain (the database), exact
+limits (Redis) and the monitor (its event stream and tiers in Redis).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import httpx
 
@@ -14,14 +21,14 @@ from distillguard.gateway.apikeys import KeyStore, create_api_key, list_api_keys
 from distillguard.gateway.app import Gateway
 from distillguard.gateway.audit import AuditLog
 from distillguard.gateway.policy import load_policy
-from distillguard.gateway.ratelimit import Limits
+from distillguard.gateway.ratelimit import Limits, RateLimiter, limiter_from_url
 from distillguard.gateway.upstream import Upstream
 from distillguard.keys import derive_tenant_key, init_master_secret, record_commitment
+from distillguard.monitor.events import MonitorHook
 from distillguard.monitor.history import TierHistory
 from distillguard.monitor.model import RiskModel
 from distillguard.monitor.monitor import Monitor
-from distillguard.store import connect
-from distillguard.store.base import Connection
+from distillguard.store import Connection, connect
 from distillguard.watermark.key import WatermarkKey
 
 __all__ = ["Server", "build_server"]
@@ -34,22 +41,34 @@ class Server:
     audit: AuditLog
     connection: Connection
     demo_key: str | None  # the demo API key, when this start created it (shown once)
-    monitor: Monitor | None = None
+    monitor: Monitor | SharedMonitorLike | None = None
+    limiter: RateLimiter | None = None
 
     def close(self) -> None:
         """Flush the audit log, stop the monitor and the engine."""
         if self.monitor is not None:
             self.monitor.close()
         self.audit.close()
+        close_limiter = getattr(self.limiter, "close", None)
+        if close_limiter is not None:
+            close_limiter()
         if self.engine is not None:
             self.engine.close()
         self.connection.close()
 
 
-def _watermark_keys(home: Path, engine: Engine) -> Callable[[str], WatermarkKey | None]:
+class SharedMonitorLike(MonitorHook, Protocol):
+    def start(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _watermark_keys(
+    home: Path, engine: Engine, database: str | None
+) -> Callable[[str], WatermarkKey | None]:
     """Tenant -> its watermark key; the commitment is recorded the first time it is used."""
     master, _ = init_master_secret(home)
-    connection = connect(home, shared=True)
+    connection = connect(home, shared=True, url=database)
     cache: dict[str, WatermarkKey] = {}
 
     def key_for(tenant: str) -> WatermarkKey | None:
@@ -78,23 +97,36 @@ def build_server(
     policy: Path | None = None,
     risk_model: Path | None = None,
     admin_token: str | None = None,
+    database: str | None = None,
+    redis: str | None = None,
+    limiter_fail_open: bool = False,
+    create_demo_key: bool = True,
 ) -> Server:
-    """The gateway on a model (or an upstream URL), with state in `home`.
+    """The gateway on a model (or an upstream URL), with state in `home` (or `database`).
 
-    Creates a demo API key if there is none. In upstream mode the served model names are read
+    Creates a demo API key if there is none (unless `create_demo_key` is off: replicas leave
+    that to the process that starts them). In upstream mode the served model names are read
     from the upstream's /models once, at start. With `monitor`, the harvest monitor runs on a
-    background thread; tiers recorded before a restart are restored.
+    background thread; tiers recorded before a restart are restored. With `redis`, limits
+    and the monitor are shared with every replica on that Redis.
     """
     rules = load_policy(policy)
-    watcher = None
+    limiter = limiter_from_url(redis, fail_open=limiter_fail_open)
+    watcher: Monitor | SharedMonitorLike | None = None
     if monitor:
         risk = RiskModel.load(risk_model)
         if rules.thresholds:
             risk = risk.with_thresholds(**rules.thresholds)
-        history = TierHistory(lambda: connect(home, shared=True))
-        watcher = Monitor(risk, on_tier_change=history.record)
-        watcher.restore(history.latest())
-    connection = connect(home, shared=True)
+        history = TierHistory(lambda: connect(home, shared=True, url=database))
+        local = Monitor(risk, on_tier_change=history.record)
+        if redis is None:
+            local.restore(history.latest())
+            watcher = local
+        else:
+            from distillguard.monitor.shared import SharedMonitor
+
+            watcher = SharedMonitor(local, redis, restore=history.latest)
+    connection = connect(home, shared=True, url=database)
     engine = None if upstream else Engine(model)
     proxy = None
     models: tuple[str, ...] = ()
@@ -102,14 +134,15 @@ def build_server(
         proxy = Upstream(upstream, api_key=upstream_api_key)
         models = _upstream_models(upstream, upstream_api_key)
     demo_key = None
-    if not list_api_keys(connection):
+    if create_demo_key and not list_api_keys(connection):
         demo_key, _ = create_api_key(connection, "demo", rpm=demo_rpm, tpm=demo_tpm)
-    audit = AuditLog(lambda: _audit_connection(home), store_text=store_text)
+    audit = AuditLog(lambda: connect(home, url=database), store_text=store_text)
     gateway = Gateway(
         engine,
         KeyStore(connection),
         audit,
-        _watermark_keys(home, engine) if engine is not None else _no_watermark,
+        _watermark_keys(home, engine, database) if engine is not None else _no_watermark,
+        limiter=limiter,
         tenant_limits=tenant_limits,
         max_body_bytes=max_body_bytes,
         store_text=store_text,
@@ -121,7 +154,7 @@ def build_server(
     )
     if watcher is not None:
         watcher.start()
-    return Server(gateway, engine, audit, connection, demo_key, watcher)
+    return Server(gateway, engine, audit, connection, demo_key, watcher, limiter)
 
 
 def _no_watermark(tenant: str) -> WatermarkKey | None:
@@ -139,7 +172,3 @@ def _upstream_models(url: str, api_key: str | None) -> tuple[str, ...]:
     if not names:
         raise ConfigError(f"the upstream at {url} serves no models")
     return names
-
-
-def _audit_connection(home: Path) -> Connection:
-    return connect(home)
