@@ -38,6 +38,12 @@ _DEFAULT = SchemeConfig()
 @dataclass
 class _State:
     home: Path
+    database: str | None = None  # a postgresql:// URL; None: SQLite in the data directory
+
+    def connect(self) -> Any:
+        from distillguard.store import connect
+
+        return connect(self.home, url=self.database)
 
 
 def scheme_parameter_options(function: F) -> F:
@@ -147,14 +153,21 @@ class _Group(click.Group):
     default=None,
     help="Data directory (default: $DISTILLGUARD_HOME or ~/.local/share/distillguard).",
 )
+@click.option(
+    "--database",
+    envvar="DISTILLGUARD_DATABASE_URL",
+    default=None,
+    help="PostgreSQL URL (postgresql://...) for keys, usage and the audit log, shared by "
+    "replicas [env DISTILLGUARD_DATABASE_URL]. Default: SQLite in the data directory.",
+)
 @click.pass_context
-def main(ctx: click.Context, home: Path | None) -> None:
+def main(ctx: click.Context, home: Path | None, database: str | None) -> None:
     """Protect a served language model from unauthorized distillation.
 
     Per-tenant keyed watermarks woven into sampling, detection with exact p-values, and
     attribution of watermarked text to the tenant who received it.
     """
-    ctx.obj = _State(home=data_dir(home))
+    ctx.obj = _State(home=data_dir(home), database=database or None)
 
 
 @main.group()
@@ -206,11 +219,10 @@ def keys_tenant(
     the first time and shown unchanged afterwards.
     """
     from distillguard.keys import derive_tenant_key, load_master_secret, record_commitment
-    from distillguard.store import connect
 
     config, _ = _bound_scheme(_scheme(scheme, gamma, delta, context_width, seeding), tokenizer_path)
     key = derive_tenant_key(load_master_secret(state.home), tenant, key_version)
-    with closing(connect(state.home)) as connection:
+    with closing(state.connect()) as connection:
         record = record_commitment(connection, key, config)
     fields = {
         "tenant": record.tenant,
@@ -248,9 +260,8 @@ def keys_create(
 ) -> None:
     """Create an API key for a tenant and print it once (only its salted hash is stored)."""
     from distillguard.gateway.apikeys import create_api_key
-    from distillguard.store import connect
 
-    with closing(connect(state.home)) as connection:
+    with closing(state.connect()) as connection:
         secret, record = create_api_key(
             connection,
             tenant,
@@ -272,9 +283,8 @@ def keys_list(state: _State, as_json: bool) -> None:
     from dataclasses import asdict
 
     from distillguard.gateway.apikeys import list_api_keys
-    from distillguard.store import connect
 
-    with closing(connect(state.home)) as connection:
+    with closing(state.connect()) as connection:
         records = list_api_keys(connection)
     if as_json:
         click.echo(json.dumps([asdict(record) for record in records], indent=2))
@@ -294,9 +304,8 @@ def keys_list(state: _State, as_json: bool) -> None:
 def keys_revoke(state: _State, key_id: str) -> None:
     """Revoke an API key by its id; a running gateway refuses it within 5 seconds."""
     from distillguard.gateway.apikeys import revoke_api_key
-    from distillguard.store import connect
 
-    with closing(connect(state.home)) as connection:
+    with closing(state.connect()) as connection:
         record = revoke_api_key(connection, key_id)
     click.echo(f"revoked {record.key_id} ({record.tenant}) at {record.revoked_at}")
 
@@ -309,11 +318,14 @@ def audit() -> None:
 @audit.command("verify")
 @click.pass_obj
 def audit_verify(state: _State) -> None:
-    """Recompute the audit chain from the usage rows; name the first bad record."""
-    from distillguard.gateway.audit import verify_chain
-    from distillguard.store import connect
+    """Recompute the audit chain from the usage rows; name the first bad record.
 
-    with closing(connect(state.home)) as connection:
+    Replicas sharing one database append to one chain (each write takes the database's chain
+    lock), so this checks every replica's records in the order they were committed.
+    """
+    from distillguard.gateway.audit import verify_chain
+
+    with closing(state.connect()) as connection:
         result = verify_chain(connection)
     if result.ok:
         click.echo(f"audit chain intact: {result.records} records")
@@ -336,11 +348,10 @@ def audit_purge_text(state: _State, older_than_days: float) -> None:
     from datetime import UTC, datetime, timedelta
 
     from distillguard.gateway.audit import purge_text
-    from distillguard.store import connect
 
     cutoff = datetime.now(UTC) - timedelta(days=older_than_days)
     stamp = cutoff.isoformat(timespec="microseconds").replace("+00:00", "Z")
-    with closing(connect(state.home)) as connection:
+    with closing(state.connect()) as connection:
         removed = purge_text(connection, stamp)
     click.echo(f"removed the text of {removed} usage rows created before {stamp}")
 
@@ -419,6 +430,7 @@ def audit_suspect(
         state.home,
         config,
         tokenizer,
+        database=state.database,
         url=url,
         suspect_model=suspect_model,
         weights=weights,
@@ -468,7 +480,7 @@ def report(state: _State, audit_json: Path, output: Path) -> None:
         raise InputError(f"{audit_json} is not JSON: pass `audit suspect --json` output") from None
     if not isinstance(audit_data, dict):
         raise InputError(f"{audit_json} is not an audit result")
-    html_path, json_path = write_report(audit_data, state.home, output)
+    html_path, json_path = write_report(audit_data, state.home, output, database=state.database)
     click.echo(f"wrote {html_path} and {json_path}")
 
 
@@ -589,9 +601,8 @@ def accounts_set_tier(state: _AccountsState, key_id: str, tier: str) -> None:
 def accounts_history(state: _AccountsState, key_id: str | None, as_json: bool) -> None:
     """Every tier change, with the score and reasons at the time (read from the store)."""
     from distillguard.monitor.history import TierHistory
-    from distillguard.store import connect
 
-    changes = TierHistory(lambda: connect(state.parent.home)).changes(key_id)
+    changes = TierHistory(state.parent.connect).changes(key_id)
     if as_json:
         click.echo(json.dumps(changes, indent=2))
         return
@@ -679,6 +690,25 @@ def _admin_request(
     default=None,
     help="Risk model JSON (benchmarks/monitor.py --write-model). Default: the shipped one.",
 )
+@click.option(
+    "--redis",
+    envvar="DISTILLGUARD_REDIS_URL",
+    default=None,
+    help="Redis URL (redis://host:6379/0) for rate limits and monitor state shared by every "
+    "replica [env DISTILLGUARD_REDIS_URL]. Default: in this process's memory.",
+)
+@click.option(
+    "--workers",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Gateway processes on this port (more than 1 needs --redis).",
+)
+@click.option(
+    "--limiter-fail-open",
+    is_flag=True,
+    help="When Redis is unreachable, admit requests uncounted instead of answering 503.",
+)
 @click.pass_obj
 def serve(
     state: _State,
@@ -693,10 +723,16 @@ def serve(
     no_monitor: bool,
     policy: Path | None,
     risk_model: Path | None,
+    redis: str | None,
+    workers: int,
+    limiter_fail_open: bool,
 ) -> None:
     """Run the OpenAI-compatible gateway (the embedded model unless --model or --upstream).
 
-    State lives in the data directory (SQLite). On first start it creates the master secret
+    State lives in the data directory (SQLite), or in PostgreSQL with --database. Several
+    processes (--workers N, or replicas on other machines) share one PostgreSQL or SQLite
+    store and one Redis: limits stay exact across all of them, the audit log stays one chain,
+    and the monitor sees all traffic. On first start it creates the master secret
     and a demo API key, printed once. The harvest monitor watches every key and moves harvesters
     up the tiers (watch, throttle, block). The admin API (/v1/admin/...) is on when
     DISTILLGUARD_ADMIN_TOKEN is set; requests to it carry that token as a bearer token.
@@ -706,21 +742,38 @@ def serve(
     require("uvicorn", "gateway")
     import uvicorn
 
-    from distillguard.gateway.server import build_server
+    from distillguard.gateway.server import build_server, prepare_home
 
-    server = build_server(
-        state.home,
-        model_dir,
-        max_body_bytes=max_body_bytes,
-        store_text=not no_store_text,
-        upstream=upstream,
-        upstream_api_key=os.environ.get("DISTILLGUARD_UPSTREAM_API_KEY"),
-        tenant_limits=_tenant_limits(tenant_rpm, tenant_tpm),
-        monitor=not no_monitor,
-        policy=policy,
-        risk_model=risk_model,
-        admin_token=_admin_token(),
-    )
+    if workers > 1 and not redis:
+        raise ConfigError(
+            "--workers above 1 needs --redis: limits and the monitor must be shared by the workers"
+        )
+    options: dict[str, Any] = {
+        "home": state.home,
+        "model": model_dir,
+        "max_body_bytes": max_body_bytes,
+        "store_text": not no_store_text,
+        "upstream": upstream,
+        "upstream_api_key": os.environ.get("DISTILLGUARD_UPSTREAM_API_KEY"),
+        "tenant_limits": _tenant_limits(tenant_rpm, tenant_tpm),
+        "monitor": not no_monitor,
+        "policy": policy,
+        "risk_model": risk_model,
+        "admin_token": _admin_token(),
+        "database": state.database,
+        "redis": redis,
+        "limiter_fail_open": limiter_fail_open,
+    }
+    if workers > 1:
+        from distillguard.gateway.workers import serve_workers
+
+        demo_key = prepare_home(state.home, state.database)
+        if demo_key is not None:
+            click.echo(f"demo API key (tenant demo, shown once): {demo_key}")
+        click.echo(f"serving on http://{host}:{port}/v1 with {workers} workers", err=True)
+        serve_workers(options, host, port, workers)
+        return
+    server = build_server(**options)
     if server.demo_key is not None:
         click.echo(f"demo API key (tenant demo, shown once): {server.demo_key}")
     names = ", ".join(server.gateway.model_names)
@@ -767,7 +820,6 @@ def detect(
     corrected for the number of tenants tested (Holm-Bonferroni).
     """
     from distillguard.keys import derive_tenant_key, load_master_secret, recorded_commitments
-    from distillguard.store import connect
     from distillguard.watermark.detector import Detector, attribute_detections
 
     if tokenizer_path is None:
@@ -779,7 +831,7 @@ def detect(
     )
     texts, sources = _read_documents(files)
     master = load_master_secret(state.home)
-    with closing(connect(state.home)) as connection:
+    with closing(state.connect()) as connection:
         recorded = recorded_commitments(connection)
     names = list(dict.fromkeys(tenants)) or sorted({item.tenant for item in recorded})
     if not names:
@@ -953,14 +1005,13 @@ def generate(
         load_master_secret,
         record_commitment,
     )
-    from distillguard.store import connect
     from distillguard.watermark.detector import Detector, log10_to_text
 
     params = SamplingParams(
         max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=stop, seed=seed
     )
     config = _scheme(scheme, gamma, delta, context_width, seeding)
-    with closing(connect(state.home)) as connection, Engine(model_dir, scheme=config) as engine:
+    with closing(state.connect()) as connection, Engine(model_dir, scheme=config) as engine:
         key = None
         if not no_watermark:
             if tenant is None:

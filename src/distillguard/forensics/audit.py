@@ -202,7 +202,9 @@ def _result_json(result: Any) -> dict[str, Any]:
     }
 
 
-def tenant_keys(home: Path, config: Any, key_version: int = 1) -> list[Any]:
+def tenant_keys(
+    home: Path, config: Any, key_version: int = 1, *, database: str | None = None
+) -> list[Any]:
     """The watermark key of every tenant with a recorded commitment under this scheme."""
     from contextlib import closing
 
@@ -211,7 +213,7 @@ def tenant_keys(home: Path, config: Any, key_version: int = 1) -> list[Any]:
     from distillguard.store import connect
 
     master = load_master_secret(home)
-    with closing(connect(home)) as connection:
+    with closing(connect(home, url=database)) as connection:
         recorded = [c for c in recorded_commitments(connection) if c.key_version == key_version]
     if not recorded:
         raise KeyNotFoundError("no tenant keys are recorded in this data directory")
@@ -240,6 +242,7 @@ def run_audit(
     max_tokens: int = 64,
     contexts: int = 20_000,
     api_key: str | None = None,
+    database: str | None = None,
 ) -> AuditOutcome:
     """Audit a suspect (black-box by URL, or open weights by directory) and its control."""
     from contextlib import closing
@@ -249,8 +252,8 @@ def run_audit(
     from distillguard.monitor.datasets import load_prompts
     from distillguard.store import connect
 
-    keys = tenant_keys(home, config)
-    with closing(connect(home)) as connection:
+    keys = tenant_keys(home, config, database=database)
+    with closing(connect(home, url=database)) as connection:
         logged = load_logged(connection, tenant=tenant)
     if logged.fingerprints and config.fingerprint not in logged.fingerprints:
         raise FingerprintMismatchError(

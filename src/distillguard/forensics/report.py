@@ -30,7 +30,9 @@ def load_schema() -> dict[str, Any]:
     return dict(json.loads(text))
 
 
-def build_report(audit: dict[str, Any], home: Path) -> dict[str, Any]:
+def build_report(
+    audit: dict[str, Any], home: Path, *, database: str | None = None
+) -> dict[str, Any]:
     """The report's content, from an audit's JSON and the data directory's records."""
     from distillguard.gateway.audit import read_usage, verify_chain
     from distillguard.keys import recorded_commitments
@@ -43,7 +45,7 @@ def build_report(audit: dict[str, Any], home: Path) -> dict[str, Any]:
     primary = results[0]
     best = primary["best"]
     tenant = best.get("tenant")
-    with closing(connect(home)) as connection:
+    with closing(connect(home, url=database)) as connection:
         chain = verify_chain(connection)
         commitments = (
             [
@@ -56,7 +58,7 @@ def build_report(audit: dict[str, Any], home: Path) -> dict[str, Any]:
         )
         usage = read_usage(connection, tenant=tenant) if tenant else []
         timeline = _daily_usage(usage)
-    history = TierHistory(lambda: connect(home)).changes() if tenant else []
+    history = TierHistory(lambda: connect(home, url=database)).changes() if tenant else []
     key_ids = {row.key_id for row in usage}
     tier_changes = [change for change in history if change["key_id"] in key_ids]
     adjusted = float(best["adjusted_log10_p"])
@@ -371,9 +373,11 @@ def _line(xs: list[float], ys: list[float], colour: str) -> str:
     )
 
 
-def write_report(audit: dict[str, Any], home: Path, output: Path) -> tuple[Path, Path]:
+def write_report(
+    audit: dict[str, Any], home: Path, output: Path, *, database: str | None = None
+) -> tuple[Path, Path]:
     """Write `output` (HTML) and its JSON twin beside it; returns both paths."""
-    report = build_report(audit, home)
+    report = build_report(audit, home, database=database)
     html_path = Path(output)
     json_path = html_path.with_suffix(".json")
     html_path.write_text(render_html(report), encoding="utf-8")

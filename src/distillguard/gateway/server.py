@@ -157,6 +157,22 @@ def build_server(
     return Server(gateway, engine, audit, connection, demo_key, watcher, limiter)
 
 
+def prepare_home(
+    home: Path, database: str | None = None, *, demo_rpm: int = 60, demo_tpm: int = 100_000
+) -> str | None:
+    """What one process does before replicas start: the master secret, the migrations and,
+    when there is no API key yet, the demo key (returned once; else None)."""
+    init_master_secret(home)
+    connection = connect(home, url=database)
+    try:
+        if list_api_keys(connection):
+            return None
+        demo_key, _ = create_api_key(connection, "demo", rpm=demo_rpm, tpm=demo_tpm)
+        return demo_key
+    finally:
+        connection.close()
+
+
 def _no_watermark(tenant: str) -> WatermarkKey | None:
     return None
 
