@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from distillguard.engine.engine import Engine
+from distillguard.gateway.app import Gateway
 from distillguard.gateway.audit import read_usage
 from distillguard.gateway.ratelimit import (
     Admission,
@@ -79,6 +80,7 @@ def test_settlement_returns_unused_tokens(replicas: Callable[[], RedisRateLimite
     refused = limiter.admit(scopes, 60)
     assert isinstance(refused, Refusal) and refused.reason == "tokens"
     limiter.settle(first, 10)
+    assert limiter.flush()  # settlements travel in the background
     assert isinstance(limiter.admit(scopes, 60), Admission)
     assert limiter.snapshot(scopes[0]) is not None
     snapshot = limiter.snapshot(scopes[0])
@@ -105,6 +107,7 @@ def test_concurrency_counts_requests_in_flight(replicas: Callable[[], RedisRateL
     first = held[0]
     assert isinstance(first, Admission)
     limiter.settle(first, 1)
+    assert limiter.flush()
     assert isinstance(limiter.admit(scopes, 1), Admission)
 
 
@@ -168,11 +171,11 @@ def test_limiter_urls_pick_the_backend() -> None:
         limiter_from_url("redis://127.0.0.1:1/0")
 
 
-def _fire(app: object, key: str, model: str, count: int) -> list[httpx.Response]:
+def _fire(gateway: Gateway, key: str, model: str, count: int) -> list[httpx.Response]:
     async def fire() -> list[httpx.Response]:
-        transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
+        transport = httpx.ASGITransport(app=gateway.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
-            return list(
+            responses = list(
                 await asyncio.gather(
                     *(
                         http.post(
@@ -184,6 +187,9 @@ def _fire(app: object, key: str, model: str, count: int) -> list[httpx.Response]
                     )
                 )
             )
+        if isinstance(gateway.limiter, RedisRateLimiter):
+            await gateway.limiter.aclose()  # as the gateway's lifespan does at shutdown
+        return responses
 
     return asyncio.run(fire())
 
@@ -197,8 +203,8 @@ def test_two_gateways_on_one_redis_admit_the_limit_once(
     second.gateway.keys = first.gateway.keys  # the same key table, as replicas share one
     first.gateway.limiter, second.gateway.limiter = replicas(), replicas()
     key = first.keys["acme"]
-    responses = _fire(first.gateway.app, key, first.model, 30)
-    responses += _fire(second.gateway.app, key, first.model, 30)
+    responses = _fire(first.gateway, key, first.model, 30)
+    responses += _fire(second.gateway, key, first.model, 30)
     statuses = [response.status_code for response in responses]
     assert statuses.count(200) == 20 and statuses.count(429) == 40
     ok = next(response for response in responses if response.status_code == 200)
@@ -210,7 +216,7 @@ def test_two_gateways_on_one_redis_admit_the_limit_once(
 def test_the_gateway_answers_503_when_redis_is_down(tmp_path: Path, shared_engine: Engine) -> None:
     harness = make_harness(tmp_path, shared_engine)
     harness.gateway.limiter = RedisRateLimiter("redis://127.0.0.1:1/0", timeout=0.2)
-    (response,) = _fire(harness.gateway.app, harness.keys["acme"], harness.model, 1)
+    (response,) = _fire(harness.gateway, harness.keys["acme"], harness.model, 1)
     assert response.status_code == 503
     error = response.json()["error"]
     assert error["code"] == "limiter_unavailable" and error["type"] == "server_error"

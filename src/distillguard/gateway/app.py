@@ -210,6 +210,9 @@ class Gateway:
         yield
         if self.upstream is not None:  # close pooled connections inside the serving loop
             await self.upstream.close()
+        aclose = getattr(self.limiter, "aclose", None)  # a shared limiter's connections
+        if aclose is not None:
+            await aclose()
 
     # -- routes ------------------------------------------------------------------------------
 
@@ -348,7 +351,7 @@ class Gateway:
             if self.store_text:
                 call.prompt_text = self.engine.loaded.tokenizer.decode(list(prepared.prompt_ids))
             reserved = prepared.prompt_tokens + prepared.params.max_tokens * prepared.params.n
-            refused = self._admit_call(call, call.key, reserved)
+            refused = await self._admit_call(call, call.key, reserved)
             if refused is not None:
                 return refused
         except ApiError as error:
@@ -542,18 +545,18 @@ class Gateway:
         except DistillGuardError as exc:
             raise ApiError(400, str(exc)) from None
 
-    def _admit(self, key: ApiKey, reserved: int) -> Admission | Refusal:
+    async def _admit(self, key: ApiKey, reserved: int) -> Admission | Refusal:
         scopes = [self._key_scope(key)]
         if self.tenant_limits is not None:
             scopes.append(Scope(f"tenant:{key.tenant}", self.tenant_limits, self.minute))
         if key.daily_tokens is not None:
             scopes.append(Scope(f"day:{key.key_id}", Limits(10**12, key.daily_tokens), window=DAY))
-        return self.limiter.admit(tuple(scopes), reserved)
+        return await self.limiter.admit_async(tuple(scopes), reserved)
 
-    def _admit_call(self, call: _Call, key: ApiKey, reserved: int) -> Response | None:
+    async def _admit_call(self, call: _Call, key: ApiKey, reserved: int) -> Response | None:
         """Admit the call (recording its admission), or return the 429 (or 503) to answer."""
         try:
-            decision = self._admit(key, reserved)
+            decision = await self._admit(key, reserved)
         except LimiterUnavailable as exc:
             raise ApiError(503, str(exc), kind="server_error", code="limiter_unavailable") from None
         if isinstance(decision, Refusal):
@@ -741,7 +744,7 @@ class Gateway:
             call.prompt_text = prompt if isinstance(prompt, str) else json.dumps(prompt)
             call.max_tokens = parsed.max_tokens or self.upstream_max_tokens
             reserved = call.prompt_tokens + call.max_tokens * parsed.n
-            refused = self._admit_call(call, call.key, reserved)
+            refused = await self._admit_call(call, call.key, reserved)
             if refused is not None:
                 return refused
         except ApiError as error:

@@ -46,6 +46,7 @@ __all__ = [
 log = logging.getLogger("distillguard.audit")
 
 GENESIS = "0" * 64
+_ROWS_PER_INSERT = 256  # 256 x 16 parameters: within SQLite's limit of 32,766
 _USAGE_COLUMNS = (
     "request_id",
     "created_at",
@@ -162,7 +163,7 @@ class AuditLog:
         self._queue.put(pending)
 
     def _run(self) -> None:
-        connection = self._connect()
+        connection = self._open()
         stopping = False
         while not stopping:
             batch: list[_Pending] = []
@@ -196,6 +197,18 @@ class AuditLog:
                     self._pending -= len(batch)
                     self._written.notify_all()
         connection.close()
+
+    def _open(self) -> Connection:
+        """Connect, retrying while the database is unreachable (records wait in the queue)."""
+        delay = 0.05
+        while True:
+            try:
+                return self._connect()
+            except Exception:
+                self._failures += 1
+                log.exception("audit log cannot open its database; retrying")
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     def _write_retrying(self, connection: Connection, batch: list[_Pending]) -> None:
         """Write the batch; on a database error, log it and retry (the answers wait)."""
@@ -236,15 +249,20 @@ class AuditLog:
                 record_hash = _chain(prev_hash, audited)
                 links.append((request_id, audited, prev_hash, record_hash))
                 prev_hash = record_hash
-            connection.executemany(
-                f"INSERT INTO usage ({', '.join(_USAGE_COLUMNS)}) VALUES ({placeholders})",  # noqa: S608
-                usage_rows,
-            )
-            connection.executemany(
-                "INSERT INTO audit (request_id, record, prev_hash, record_hash) "
-                "VALUES (?, ?, ?, ?)",
-                links,
-            )
+            # multi-row INSERTs: one statement per chunk of rows, far fewer round trips
+            for start in range(0, len(usage_rows), _ROWS_PER_INSERT):
+                rows = usage_rows[start : start + _ROWS_PER_INSERT]
+                connection.execute(
+                    f"INSERT INTO usage ({', '.join(_USAGE_COLUMNS)}) VALUES "  # noqa: S608
+                    + ", ".join(f"({placeholders})" for _ in rows),
+                    [value for row in rows for value in row],
+                )
+                chained = links[start : start + _ROWS_PER_INSERT]
+                connection.execute(
+                    "INSERT INTO audit (request_id, record, prev_hash, record_hash) VALUES "  # noqa: S608
+                    + ", ".join("(?, ?, ?, ?)" for _ in chained),
+                    [value for link in chained for value in link],
+                )
 
 
 @dataclass

@@ -93,7 +93,12 @@ class LimiterUnavailable(ServiceUnavailableError):
 
 
 class RateLimiter(Protocol):
+    """`admit` decides now; the gateway awaits `admit_async`, which lets a shared backend
+    wait for its server without blocking the event loop. `settle` never blocks."""
+
     def admit(self, scopes: tuple[Scope, ...], tokens: int) -> Admission | Refusal: ...
+
+    async def admit_async(self, scopes: tuple[Scope, ...], tokens: int) -> Admission | Refusal: ...
 
     def settle(self, admission: Admission, used_tokens: int) -> None: ...
 
@@ -149,6 +154,9 @@ class MemoryRateLimiter:
             log.in_flight += 1
             entries.append(entry)
         return Admission(scopes, tokens, entries, self._snapshot(scopes[0], logs[0], now))
+
+    async def admit_async(self, scopes: tuple[Scope, ...], tokens: int) -> Admission | Refusal:
+        return self.admit(scopes, tokens)  # no await inside: one synchronous step
 
     def settle(self, admission: Admission, used_tokens: int) -> None:
         """Replace the reservation by what was used (never more than reserved), end in-flight."""

@@ -9,8 +9,11 @@ gateway processes, on one machine or many, admit against one log. Each scope has
 
 Admission, settlement and snapshots are each one Lua script, run atomically by Redis, reading
 the time with Redis `TIME`: no replica's clock takes part, and no two decisions interleave.
-A replica killed mid-request leaves its reservation to age out of the window and its
-in-flight entry to expire after `lease` seconds.
+The gateway awaits admission on an asyncio connection (the event loop serves other requests
+meanwhile); settlements go to a background thread that sends them in pipelined batches, so
+the request path never waits for one. A late settlement only holds tokens a little longer:
+stricter, never looser. A replica killed mid-request leaves its reservation to age out of the
+window and its in-flight entry to expire after `lease` seconds.
 
 When Redis cannot be reached the limiter fails closed (raises `LimiterUnavailable`, which the
 gateway answers with 503) or, if so configured, open (admits, uncounted); either way it counts
@@ -19,7 +22,9 @@ the event (`unavailable`) and logs one line at most every 10 seconds.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import queue
 import secrets
 import threading
 import time
@@ -30,6 +35,7 @@ from distillguard.gateway.ratelimit import Admission, LimiterUnavailable, Refusa
 
 try:
     import redis
+    import redis.asyncio
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 except ImportError as exc:  # pragma: no cover - redis ships with the gateway extra
@@ -190,8 +196,19 @@ class RedisRateLimiter:
         self._admit = self._client.register_script(_ADMIT)
         self._settle = self._client.register_script(_SETTLE)
         self._snapshot = self._client.register_script(_SNAPSHOT)
+        self._timeout = timeout
+        self._async: tuple[asyncio.AbstractEventLoop, Any, Any] | None = None
         self._lock = threading.Lock()
         self._last_warning = 0.0
+        self._settlements: queue.SimpleQueue[tuple[list[str], list[Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._pending = 0
+        self._settled = threading.Condition()
+        self._settler = threading.Thread(
+            target=self._settle_loop, name="distillguard-settle", daemon=True
+        )
+        self._settler.start()
 
     def ping(self) -> None:
         """Raise ConfigError if Redis does not answer (checked once at start)."""
@@ -201,6 +218,26 @@ class RedisRateLimiter:
             raise ConfigError(f"cannot reach Redis at {_safe(self.url)}: {exc}") from None
 
     def admit(self, scopes: tuple[Scope, ...], tokens: int) -> Admission | Refusal:
+        """Decide now (blocking on Redis); the gateway uses `admit_async`."""
+        admission_id, keys, arguments = self._admit_call(scopes, tokens)
+        try:
+            reply = self._admit(keys=keys, args=arguments)
+        except redis.RedisError as exc:
+            return self._without_redis(scopes, tokens, exc)
+        return _decision(scopes, tokens, admission_id, reply)
+
+    async def admit_async(self, scopes: tuple[Scope, ...], tokens: int) -> Admission | Refusal:
+        admission_id, keys, arguments = self._admit_call(scopes, tokens)
+        try:
+            script = self._async_script()
+            reply = await script(keys=keys, args=arguments)
+        except redis.RedisError as exc:
+            return self._without_redis(scopes, tokens, exc)
+        return _decision(scopes, tokens, admission_id, reply)
+
+    def _admit_call(
+        self, scopes: tuple[Scope, ...], tokens: int
+    ) -> tuple[str, list[str], list[Any]]:
         admission_id = secrets.token_hex(8)
         keys: list[str] = []
         arguments: list[Any] = [admission_id, int(tokens), self._lease_ms]
@@ -214,16 +251,20 @@ class RedisRateLimiter:
                 limits.tokens_per_minute,
                 concurrency,
             ]
-        try:
-            reply = self._admit(keys=keys, args=arguments)
-        except redis.RedisError as exc:
-            return self._without_redis(scopes, tokens, exc)
-        if int(reply[0]) == 1:
-            snapshot = _snapshot(scopes[0], reply[1])
-            return Admission(scopes, tokens, [], snapshot, token=admission_id)
-        reason = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
-        scope = scopes[int(reply[2])]
-        return Refusal(reason, scope.name, float(reply[3]) / 1000.0, _snapshot(scopes[0], reply[4]))
+        return admission_id, keys, arguments
+
+    def _async_script(self) -> Any:
+        """The admission script on an asyncio client of the running loop (made on first use)."""
+        loop = asyncio.get_running_loop()
+        if self._async is None or self._async[0] is not loop:
+            client = redis.asyncio.Redis.from_url(
+                self.url,
+                socket_timeout=self._timeout,
+                socket_connect_timeout=self._timeout,
+                retry=redis.asyncio.retry.Retry(NoBackoff(), 0),
+            )
+            self._async = (loop, client, client.register_script(_ADMIT))
+        return self._async[2]
 
     def settle(self, admission: Admission, used_tokens: int) -> None:
         if admission.settled:
@@ -233,11 +274,43 @@ class RedisRateLimiter:
             return
         used = min(max(used_tokens, 0), admission.tokens)
         keys = [key for scope in admission.scopes for key in self._keys(scope)]
-        try:
-            self._settle(keys=keys, args=[admission.token, used])
-        except redis.RedisError as exc:
-            # the reservation stays counted until it leaves the window: stricter, never looser
-            self._warn("settle", exc)
+        with self._settled:
+            self._pending += 1
+        self._settlements.put((keys, [admission.token, used]))
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every settlement handed over so far has reached Redis (or failed)."""
+        with self._settled:
+            return self._settled.wait_for(lambda: self._pending == 0, timeout=timeout)
+
+    def _settle_loop(self) -> None:
+        stopping = False
+        while not stopping:
+            item = self._settlements.get()
+            batch = []
+            while item is not None:
+                batch.append(item)
+                if len(batch) >= 256:
+                    break
+                try:
+                    item = self._settlements.get_nowait()
+                except queue.Empty:
+                    break
+            else:
+                stopping = True  # close() queued None: send what came before it, then stop
+            if not batch:
+                continue
+            try:
+                pipe = self._client.pipeline(transaction=False)
+                for keys, arguments in batch:
+                    self._settle(keys=keys, args=arguments, client=pipe)
+                pipe.execute()
+            except redis.RedisError as exc:
+                # the reservations stay counted until they leave the window: stricter, not looser
+                self._warn("settle", exc)
+            with self._settled:
+                self._pending -= len(batch)
+                self._settled.notify_all()
 
     def snapshot(self, scope: Scope) -> Snapshot | None:
         try:
@@ -248,7 +321,17 @@ class RedisRateLimiter:
             return None
         return _snapshot(scope, reply)
 
+    async def aclose(self) -> None:
+        """Close the asyncio connections of the running loop (before that loop ends)."""
+        if self._async is not None and self._async[0] is asyncio.get_running_loop():
+            client = self._async[1]
+            self._async = None
+            await client.aclose()
+
     def close(self) -> None:
+        """Send the pending settlements and close the blocking connections."""
+        self._settlements.put(None)
+        self._settler.join(timeout=10)
         self._client.close()
 
     # -- internals ------------------------------------------------------------------------------
@@ -287,6 +370,16 @@ class RedisRateLimiter:
         log.warning(
             "rate limiter: Redis unavailable during %s, failing %s: %s", action, mode, error
         )
+
+
+def _decision(
+    scopes: tuple[Scope, ...], tokens: int, admission_id: str, reply: list[Any]
+) -> Admission | Refusal:
+    if int(reply[0]) == 1:
+        return Admission(scopes, tokens, [], _snapshot(scopes[0], reply[1]), token=admission_id)
+    reason = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
+    scope = scopes[int(reply[2])]
+    return Refusal(reason, scope.name, float(reply[3]) / 1000.0, _snapshot(scopes[0], reply[4]))
 
 
 def _snapshot(scope: Scope, reply: list[Any]) -> Snapshot:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 
 from distillguard.store.migrations import MIGRATIONS
@@ -23,25 +24,51 @@ def connect(directory: Path, *, shared: bool = False) -> sqlite3.Connection:
         directory / DATABASE_NAME, check_same_thread=not shared, timeout=10.0
     )
     connection.row_factory = sqlite3.Row
-    connection.execute("PRAGMA journal_mode=WAL")
+    _use_wal(connection)
     migrate(connection)
     return connection
 
 
+def _use_wal(connection: sqlite3.Connection, patience: float = 10.0) -> None:
+    """Switch a new database to write-ahead logging (it stays so). The switch needs the file
+    to itself and does not wait for a busy lock, so a process that creates the database while
+    another opens it retries."""
+    deadline = time.monotonic() + patience
+    while connection.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 def migrate(connection: sqlite3.Connection) -> list[str]:
-    """Apply migrations not yet recorded, in order; return the names applied."""
+    """Apply migrations not yet recorded, in order; return the names applied.
+
+    Under the write lock (BEGIN IMMEDIATE), and the applied ones are read inside it: processes
+    or threads opening a new database together migrate it once.
+    """
     connection.execute(
         "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL "
         "DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')))"
     )
-    done = {row[0] for row in connection.execute("SELECT name FROM _migrations")}
+    if len(MIGRATIONS) == connection.execute("SELECT COUNT(*) FROM _migrations").fetchone()[0]:
+        return []
     applied = []
-    for name, sql in MIGRATIONS:
-        if name in done:
-            continue
-        # One script so the schema change and its record commit together; names are constants.
-        connection.executescript(
-            f"BEGIN;\n{sql}\nINSERT INTO _migrations (name) VALUES ('{name}');\nCOMMIT;"
-        )
-        applied.append(name)
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        done = {row[0] for row in connection.execute("SELECT name FROM _migrations")}
+        for name, sql in MIGRATIONS:
+            if name in done:
+                continue
+            for statement in sql.split(";"):
+                if statement.strip():
+                    connection.execute(statement)
+            connection.execute("INSERT INTO _migrations (name) VALUES (?)", (name,))
+            applied.append(name)
+        connection.execute("COMMIT")
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
     return applied
