@@ -135,7 +135,23 @@ class Stack:
         wait_ready(url + "/models")
         return url
 
-    def serve(self, *arguments: str, redis: bool = True) -> tuple[str, subprocess.Popen[bytes]]:
+    def lean_mock(self) -> str:
+        port = free_port()
+        script = Path(__file__).resolve().parent / "_lean_http.py"
+        self.processes.append(
+            subprocess.Popen(
+                [sys.executable, str(script), str(port)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        url = f"http://127.0.0.1:{port}/v1"
+        wait_ready(url + "/models")
+        return url
+
+    def serve(
+        self, *arguments: str, redis: bool = True, redis_url: str | None = None
+    ) -> tuple[str, subprocess.Popen[bytes]]:
         port = free_port()
         command = [
             str(BIN / "distillguard"),
@@ -149,7 +165,7 @@ class Stack:
             *arguments,
         ]
         if redis:
-            command += ["--redis", self.redis_url]
+            command += ["--redis", redis_url or self.redis_url]
         log = (self.work / f"serve-{port}.log").open("wb")
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         self.processes.append(process)
@@ -172,6 +188,16 @@ class Stack:
             self.stop(process)
         with psycopg.connect(self.admin_url, autocommit=True) as admin:
             admin.execute(f"DROP SCHEMA IF EXISTS {self.schema} CASCADE")
+
+
+def sibling(redis_url: str, offset: int) -> str:
+    """Another (flushed) database on the same Redis: /13 -> /12 for offset 1."""
+    import redis
+
+    base, _, number = redis_url.rpartition("/")
+    url = f"{base}/{int(number) - offset}" if number.isdigit() else redis_url
+    redis.Redis.from_url(url).flushdb()
+    return url
 
 
 def worker_pids(parent: int) -> list[int]:
@@ -375,26 +401,63 @@ def measure_redis_cost(database: str, redis_url: str, requests: int) -> dict[str
 
 
 def measure_scale(
+    database: str, redis_url: str, concurrency: int, seconds: float, repeats: int
+) -> dict[str, Any]:
+    """Requests/s of 1 and 2 workers in front of the lean mock, driven by the lean client,
+    alternating `repeats` times (the best of each): the gateway's own work is what scales."""
+    from _lean_http import lean_load
+
+    body = {"model": "mock", "messages": [{"role": "user", "content": "Hi."}], "max_tokens": 16}
+    rates: dict[int, list[float]] = {1: [], 2: []}
+    stack = Stack(database, redis_url, "scale")
+    try:
+        key = stack.create_key(10**9, 10**12, concurrency=100_000)
+        mock = stack.lean_mock()
+        # each its own Redis database: separate limits, and each its own monitor leader
+        servers = {
+            workers: stack.serve(
+                "--upstream", mock, "--workers", str(workers), redis_url=sibling(redis_url, workers)
+            )[0]
+            for workers in (1, 2)
+        }
+        for _ in range(repeats):
+            for workers, url in servers.items():
+                port = int(url.split(":")[-1].split("/")[0])
+                path = "/v1/chat/completions"
+                asyncio.run(lean_load("127.0.0.1", port, path, body, key, concurrency, 2.0))
+                ok, other, elapsed = asyncio.run(
+                    lean_load("127.0.0.1", port, path, body, key, concurrency, seconds)
+                )
+                if other:
+                    raise RuntimeError(f"{other} requests failed while measuring throughput")
+                rates[workers].append(ok / elapsed)
+    finally:
+        stack.close()
+    one, two = max(rates[1]), max(rates[2])
+    return {"one_rps": one, "two_rps": two, "ratio": two / one, "runs": rates}
+
+
+def measure_engine_scale(
     database: str, redis_url: str, concurrency: int, seconds: float, max_tokens: int
 ) -> dict[str, float]:
+    """The same on the embedded model (generation in the gateway process)."""
     rates: dict[int, float] = {}
     for workers in (1, 2):
-        stack = Stack(database, redis_url, f"scale{workers}")
+        stack = Stack(database, redis_url, f"engine{workers}")
         try:
-            key = stack.create_key(10**7, 10**10, concurrency=10_000)
+            key = stack.create_key(10**9, 10**12, concurrency=100_000)
             url, _ = stack.serve("--workers", str(workers))
             model = httpx.get(url + "/models", headers={"authorization": f"Bearer {key}"}).json()[
                 "data"
             ][0]["id"]
-            asyncio.run(load([url], key, model, concurrency, 3.0, stream_share=0.0))  # warm up
+            asyncio.run(load([url], key, model, concurrency, 3.0, stream_share=0.0))
             outcomes = asyncio.run(
                 load(
                     [url], key, model, concurrency, seconds, stream_share=0.0, max_tokens=max_tokens
                 )
             )
             ok = [o for o in outcomes if o.status == 200]
-            span = max(o.received for o in ok) - min(o.sent for o in ok)
-            rates[workers] = len(ok) / span
+            rates[workers] = len(ok) / (max(o.received for o in ok) - min(o.sent for o in ok))
         finally:
             stack.close()
     return {"one_rps": rates[1], "two_rps": rates[2], "ratio": rates[2] / rates[1]}
@@ -411,14 +474,15 @@ def main() -> None:
     parser.add_argument("--tpm", type=int, default=9000)
     parser.add_argument("--crash-seconds", type=float, default=20.0)
     parser.add_argument("--latency-requests", type=int, default=300)
-    parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--scale-seconds", type=float, default=20.0)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--scale-seconds", type=float, default=10.0)
+    parser.add_argument("--scale-repeats", type=int, default=3)
+    parser.add_argument("--engine-concurrency", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument(
-        "--only", choices=("limits", "crash", "latency", "scale"), action="append", default=None
-    )
+    parts_all = ("limits", "crash", "latency", "scale", "engine")
+    parser.add_argument("--only", choices=parts_all, action="append", default=None)
     args = parser.parse_args()
-    parts = set(args.only or ("limits", "crash", "latency", "scale"))
+    parts = set(args.only or parts_all)
 
     result: dict[str, Any] = {"cpus": os.cpu_count()}
     started = time.monotonic()
@@ -442,10 +506,14 @@ def main() -> None:
         result["redis_added_p50_ms"] = latency["added_ms"]
     if "scale" in parts:
         scale = measure_scale(
-            args.database, args.redis, args.concurrency, args.scale_seconds, args.max_tokens
+            args.database, args.redis, args.concurrency, args.scale_seconds, args.scale_repeats
         )
         result["scale"] = scale
         result["scale_2_over_1"] = scale["ratio"]
+    if "engine" in parts:
+        result["engine_scale"] = measure_engine_scale(
+            args.database, args.redis, args.engine_concurrency, 20.0, args.max_tokens
+        )
     result["seconds"] = time.monotonic() - started
 
     if args.json:
@@ -486,7 +554,15 @@ def main() -> None:
         scale = result["scale"]
         rows.append(
             (
-                "req/s, 1 vs 2 workers",
+                "req/s, 1 vs 2 workers (mock upstream)",
+                f"{scale['one_rps']:.1f} vs {scale['two_rps']:.1f} ({scale['ratio']:.2f}x)",
+            )
+        )
+    if "engine_scale" in result:
+        scale = result["engine_scale"]
+        rows.append(
+            (
+                "req/s, 1 vs 2 workers (embedded model)",
                 f"{scale['one_rps']:.1f} vs {scale['two_rps']:.1f} ({scale['ratio']:.2f}x)",
             )
         )

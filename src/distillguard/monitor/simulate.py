@@ -605,6 +605,7 @@ def simulate(
             upstream_max_tokens=MAX_TOKENS_CAP,
             monitor=recorder,
             clock=clock,
+            durable_audit=False,  # a simulated clock: no process to lose, no commit to wait for
         )
         statuses: dict[int, int] = {}
         refused: dict[str, int] = {}
