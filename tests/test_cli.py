@@ -374,3 +374,27 @@ def test_audit_suspect_and_report_refuse_bad_input_in_one_line(tmp_path: Path) -
     missing = tmp_path / "missing.json"
     assert_one_line_error(run(tmp_path, "report", str(missing)), "cannot read")
     assert_one_line_error(run(tmp_path, "demo", "--queries", "5"), "at least 100")
+
+
+def test_replica_options_give_one_line_errors(tmp_path: Path) -> None:
+    assert_one_line_error(run(tmp_path, "serve", "--workers", "2"), "needs --redis")
+    assert_one_line_error(
+        run(tmp_path, "serve", "--redis", "redis://127.0.0.1:1/0"), "cannot reach Redis"
+    )
+    assert_one_line_error(
+        run(tmp_path, "--database", "mysql://localhost/db", "keys", "list"), "postgresql://"
+    )
+
+
+def test_keys_and_audit_commands_work_on_postgresql(
+    tmp_path: Path, fresh_postgres_url: str
+) -> None:
+    code, out, _ = run(
+        tmp_path, "--database", fresh_postgres_url, "keys", "create", "--tenant", "acme"
+    )
+    assert code == 0 and "dg-" in out
+    code, out, _ = run(tmp_path, "--database", fresh_postgres_url, "keys", "list")
+    assert code == 0 and "acme" in out
+    assert not (tmp_path / "distillguard.db").exists()  # nothing went to SQLite
+    code, out, _ = run(tmp_path, "--database", fresh_postgres_url, "audit", "verify")
+    assert code == 0 and "intact: 0 records" in out
