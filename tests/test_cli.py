@@ -390,7 +390,17 @@ def test_keys_and_audit_commands_work_on_postgresql(
     tmp_path: Path, fresh_postgres_url: str
 ) -> None:
     code, out, _ = run(
-        tmp_path, "--database", fresh_postgres_url, "keys", "create", "--tenant", "acme"
+        tmp_path,
+        "--database",
+        fresh_postgres_url,
+        "keys",
+        "create",
+        "--tenant",
+        "acme",
+        "--rpm",
+        "60",
+        "--tpm",
+        "1000",
     )
     assert code == 0 and "dg-" in out
     code, out, _ = run(tmp_path, "--database", fresh_postgres_url, "keys", "list")
