@@ -23,6 +23,7 @@ the event (`unavailable`) and logs one line at most every 10 seconds.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import queue
 import secrets
@@ -32,6 +33,7 @@ from typing import Any
 
 from distillguard.errors import ConfigError
 from distillguard.gateway.ratelimit import Admission, LimiterUnavailable, Refusal, Scope, Snapshot
+from distillguard.gateway.resp import PipelinedRedis
 
 try:
     import redis
@@ -170,6 +172,9 @@ return snapshot(KEYS[1], KEYS[2], now, tonumber(ARGV[1]))
 )
 
 
+_ADMIT_SHA = hashlib.sha1(_ADMIT.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
+
+
 class RedisRateLimiter:
     """Exact sliding-window limits in Redis, shared by every gateway process that uses it."""
 
@@ -229,9 +234,8 @@ class RedisRateLimiter:
     async def admit_async(self, scopes: tuple[Scope, ...], tokens: int) -> Admission | Refusal:
         admission_id, keys, arguments = self._admit_call(scopes, tokens)
         try:
-            script = self._async_script()
-            reply = await script(keys=keys, args=arguments)
-        except redis.RedisError as exc:
+            reply = await self._async_admit(keys, arguments)
+        except (redis.RedisError, OSError) as exc:
             return self._without_redis(scopes, tokens, exc)
         return _decision(scopes, tokens, admission_id, reply)
 
@@ -253,18 +257,25 @@ class RedisRateLimiter:
             ]
         return admission_id, keys, arguments
 
-    def _async_script(self) -> Any:
-        """The admission script on an asyncio client of the running loop (made on first use)."""
+    async def _async_admit(self, keys: list[str], arguments: list[Any]) -> Any:
+        """The admission script on this event loop's connection (made on first use): one
+        pipelined connection for plain redis://, redis-py's asyncio client otherwise."""
         loop = asyncio.get_running_loop()
         if self._async is None or self._async[0] is not loop:
-            client = redis.asyncio.Redis.from_url(
-                self.url,
-                socket_timeout=self._timeout,
-                socket_connect_timeout=self._timeout,
-                retry=redis.asyncio.retry.Retry(NoBackoff(), 0),
-            )
-            self._async = (loop, client, client.register_script(_ADMIT))
-        return self._async[2]
+            if self.url.startswith("redis://"):
+                connection: Any = PipelinedRedis(self.url, timeout=self._timeout)
+            else:
+                connection = redis.asyncio.Redis.from_url(
+                    self.url,
+                    socket_timeout=self._timeout,
+                    socket_connect_timeout=self._timeout,
+                    retry=redis.asyncio.retry.Retry(NoBackoff(), 0),
+                )
+            self._async = (loop, connection, None)
+        connection = self._async[1]
+        if isinstance(connection, PipelinedRedis):
+            return await connection.evalsha(_ADMIT_SHA, _ADMIT, keys, arguments)
+        return await connection.evalsha(_ADMIT_SHA, len(keys), *keys, *arguments)
 
     def settle(self, admission: Admission, used_tokens: int) -> None:
         if admission.settled:
