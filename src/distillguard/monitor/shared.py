@@ -8,7 +8,8 @@ computed in one place from the whole traffic. The leader writes each tier change
 hash that every replica reads (cached, refreshed every `refresh` seconds), and a snapshot of
 the accounts and rings for the admin API on any replica.
 
-    dg:mon:events    stream of events (and operators' tier pins), trimmed to `stream_max`
+    dg:mon:events    stream of event batches (one entry per replica per publish, up to 1,000
+                     events) and operators' tier pins, trimmed to `stream_max` entries
     dg:mon:leader    the leader's replica id, with a `lease`-second expiry it keeps renewing
     dg:mon:tiers     hash, account -> "tier" or "tier pinned"; dg:mon:version counts changes
     dg:mon:accounts  JSON snapshot of `Monitor.accounts()`; dg:mon:rings of `Monitor.rings()`
@@ -78,7 +79,7 @@ class SharedMonitor:
         lease: float = 5.0,
         refresh: float = 0.25,
         snapshot_every: float = 2.0,
-        stream_max: int = 1_000_000,
+        stream_max: int = 100_000,
         restore: Callable[[], dict[str, tuple[str, bool]]] | None = None,
     ) -> None:
         self.monitor = monitor
@@ -103,6 +104,7 @@ class SharedMonitor:
         self._last_snapshot = 0.0
         self._tiers_moved = False
         self._renewed = 0.0
+        self._entries_read = 0
         self._on_tier_change = monitor.on_tier_change
         monitor.on_tier_change = self._tier_changed
 
@@ -205,16 +207,15 @@ class SharedMonitor:
     def _publish(self, batch: list[MonitorEvent]) -> None:
         if not batch:
             return
+        # one stream entry per batch: a JSON array of events, each the list of its fields
+        rows = [[getattr(event, name) for name in _EVENT_FIELDS] for event in batch]
         try:
-            pipe = self._client.pipeline(transaction=False)
-            for event in batch:
-                pipe.xadd(
-                    self._key("events"),
-                    {"event": json.dumps(asdict(event), separators=(",", ":"))},
-                    maxlen=self._stream_max,
-                    approximate=True,
-                )
-            pipe.execute()
+            self._client.xadd(
+                self._key("events"),
+                {"events": json.dumps(rows, separators=(",", ":"))},
+                maxlen=self._stream_max,
+                approximate=True,
+            )
         except redis.RedisError as exc:
             self.dropped += len(batch)
             self._warn(f"dropped {len(batch)} monitor events", exc)
@@ -245,7 +246,7 @@ class SharedMonitor:
                 self._stop.wait(1.0)
             if not self.leading and not consumed:
                 self._stop.wait(self._lease_ms / 5000)
-            elif self.leading and consumed < _BATCH // 2:
+            elif self.leading and self._entries_read < _BATCH // 2:
                 self._stop.wait(0.05)  # let events gather: fewer, larger reads under load
 
     def _lead_once(self, block_ms: int | None) -> int:
@@ -285,6 +286,7 @@ class SharedMonitor:
         log.info("monitor: replica %s leads (restored %d tiers)", self.replica, len(tiers))
 
     def _consume(self, block_ms: int | None) -> int:
+        """Read and apply one batch of stream entries; returns the events applied."""
         events = self._key("events")
         start = "0" if self._backlog else ">"
         reply: Any = self._client.xreadgroup(
@@ -298,26 +300,30 @@ class SharedMonitor:
         if self._backlog and not entries:
             self._backlog = False
         ids = []
+        applied = 0
         for entry_id, data in entries:
             ids.append(entry_id)
-            try:
-                self._apply(data)
+            try:  # an entry is a batch of events, or a pin
+                applied += self._apply(data)
             except Exception:  # one bad entry must not stop the monitor
                 log.exception("monitor: cannot apply stream entry %s", entry_id)
+        self._entries_read = len(entries)
         if ids:
             self._client.xack(events, _GROUP, *ids)
         now = time.monotonic()
         if self._tiers_moved or (ids and now - self._last_snapshot >= self._snapshot_every):
             self._last_snapshot, self._tiers_moved = now, False
             self._write_snapshot()
-        return len(ids)
+        return applied
 
-    def _apply(self, data: dict[bytes, bytes]) -> None:
+    def _apply(self, data: dict[bytes, bytes]) -> int:
         if b"pin" in data:
             self.monitor.set_tier(data[b"pin"].decode(), data[b"tier"].decode())
-            return
-        payload: dict[str, Any] = json.loads(data[b"event"])
-        self.monitor.process(MonitorEvent(**{name: payload[name] for name in _EVENT_FIELDS}))
+            return 0
+        rows: list[list[Any]] = json.loads(data[b"events"])
+        for row in rows:
+            self.monitor.process(MonitorEvent(*row))
+        return len(rows)
 
     def _tier_changed(self, change: TierChange) -> None:
         """The leader's monitor moved an account: tell every replica, then record it."""
