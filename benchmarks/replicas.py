@@ -474,7 +474,7 @@ def main() -> None:
     parser.add_argument("--tpm", type=int, default=9000)
     parser.add_argument("--crash-seconds", type=float, default=20.0)
     parser.add_argument("--latency-requests", type=int, default=300)
-    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--concurrency", type=int, default=128)
     parser.add_argument("--scale-seconds", type=float, default=10.0)
     parser.add_argument("--scale-repeats", type=int, default=3)
     parser.add_argument("--engine-concurrency", type=int, default=16)
