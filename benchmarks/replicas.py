@@ -200,6 +200,22 @@ def sibling(redis_url: str, offset: int) -> str:
     return url
 
 
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_for_workers(parent: int, count: int, seconds: float = 120.0) -> None:
+    """Until `count` workers run and have had time to bind their sockets (so that clients'
+    connections spread over all of them)."""
+    deadline = time.monotonic() + seconds
+    while len(worker_pids(parent)) < count:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{count} workers did not start in {seconds:.0f} s")
+        time.sleep(0.2)
+    time.sleep(8.0)  # each worker imports the engine and binds after that
+
+
 def worker_pids(parent: int) -> list[int]:
     """The spawned gateway workers of a `serve --workers` process."""
     found = subprocess.run(
@@ -307,7 +323,8 @@ def measure_limits(
             key = stack.create_key(rpm, tpm, concurrency=1000)
             mock = stack.mock()
             if name == "redis":
-                url, _ = stack.serve("--upstream", mock, "--workers", "4")
+                url, parent = stack.serve("--upstream", mock, "--workers", "4")
+                wait_for_workers(parent.pid, 4)
                 urls = [url]
             else:  # four independent processes, each with in-memory limits
                 urls = [stack.serve("--upstream", mock, redis=False)[0] for _ in range(4)]
@@ -338,10 +355,14 @@ def measure_crash(database: str, redis_url: str, clients: int, seconds: float) -
         mock = stack.mock()
         url, process = stack.serve("--upstream", mock, "--workers", "2")
 
+        wait_for_workers(process.pid, 2)
+
         async def run() -> tuple[list[Outcome], int]:
             task = asyncio.create_task(load([url], key, "mock", clients, seconds, pace=0.0))
+            before = {pid: cpu_seconds(pid) for pid in worker_pids(process.pid)}
             await asyncio.sleep(seconds / 2)
-            victim = worker_pids(process.pid)[0]
+            # the worker that served most so far: certainly one with requests in flight
+            victim = max(before, key=lambda pid: cpu_seconds(pid) - before[pid])
             os.kill(victim, signal.SIGKILL)
             return await task, victim
 
@@ -383,21 +404,31 @@ def latency_p50(url: str, key: str, model: str, count: int) -> float:
 
 
 def measure_redis_cost(database: str, redis_url: str, requests: int) -> dict[str, float]:
-    medians: dict[str, list[float]] = {"memory": [], "redis": []}
-    stack = Stack(database, redis_url, "latency")
-    try:
-        key = stack.create_key(10**7, 10**10, concurrency=10_000)
-        mock = stack.mock()
-        memory_url, _memory = stack.serve("--upstream", mock, redis=False)
-        redis_url_, _with_redis = stack.serve("--upstream", mock)
-        for _ in range(3):  # alternate, so drift on a noisy machine hits both
-            medians["memory"].append(latency_p50(memory_url, key, "mock", requests))
-            medians["redis"].append(latency_p50(redis_url_, key, "mock", requests))
-    finally:
-        stack.close()
-    memory_ms = statistics.median(medians["memory"])
-    redis_ms = statistics.median(medians["redis"])
-    return {"memory_p50_ms": memory_ms, "redis_p50_ms": redis_ms, "added_ms": redis_ms - memory_ms}
+    """p50 at concurrency 1, in-memory limiter against the Redis one, the rest the same: the
+    monitor off in both (`--redis` would also move the monitor to Redis), then the whole
+    stack (local monitor against the monitor shared through Redis)."""
+    result: dict[str, float] = {}
+    for label, extra in (("", ("--no-monitor",)), ("with_monitor_", ())):
+        medians: dict[str, list[float]] = {"memory": [], "redis": []}
+        stack = Stack(database, redis_url, "latency")
+        try:
+            key = stack.create_key(10**7, 10**10, concurrency=10_000)
+            mock = stack.mock()
+            memory_url, _ = stack.serve("--upstream", mock, *extra, redis=False)
+            shared_url, _ = stack.serve("--upstream", mock, *extra)
+            for _ in range(3):  # alternate, so drift on a noisy machine hits both
+                medians["memory"].append(latency_p50(memory_url, key, "mock", requests))
+                medians["redis"].append(latency_p50(shared_url, key, "mock", requests))
+        finally:
+            stack.close()
+        memory_ms = statistics.median(medians["memory"])
+        redis_ms = statistics.median(medians["redis"])
+        result |= {
+            f"{label}memory_p50_ms": memory_ms,
+            f"{label}redis_p50_ms": redis_ms,
+            f"{label}added_ms": redis_ms - memory_ms,
+        }
+    return result
 
 
 def measure_scale(
@@ -414,12 +445,14 @@ def measure_scale(
         key = stack.create_key(10**9, 10**12, concurrency=100_000)
         mock = stack.lean_mock()
         # each its own Redis database: separate limits, and each its own monitor leader
-        servers = {
-            workers: stack.serve(
+        servers = {}
+        for workers in (1, 2):
+            url, parent = stack.serve(
                 "--upstream", mock, "--workers", str(workers), redis_url=sibling(redis_url, workers)
-            )[0]
-            for workers in (1, 2)
-        }
+            )
+            if workers > 1:
+                wait_for_workers(parent.pid, workers)
+            servers[workers] = url
         for _ in range(repeats):
             for workers, url in servers.items():
                 port = int(url.split(":")[-1].split("/")[0])
@@ -545,9 +578,17 @@ def main() -> None:
         latency = result["latency"]
         rows.append(
             (
-                "p50 latency, memory vs Redis",
+                "p50, memory vs Redis limiter",
                 f"{latency['memory_p50_ms']:.2f} ms vs {latency['redis_p50_ms']:.2f} ms "
                 f"(+{latency['added_ms']:.2f} ms)",
+            )
+        )
+        rows.append(
+            (
+                "p50, same with the monitor",
+                f"{latency['with_monitor_memory_p50_ms']:.2f} ms vs "
+                f"{latency['with_monitor_redis_p50_ms']:.2f} ms "
+                f"(+{latency['with_monitor_added_ms']:.2f} ms)",
             )
         )
     if "scale" in result:

@@ -87,6 +87,25 @@ def test_settlement_returns_unused_tokens(replicas: Callable[[], RedisRateLimite
     assert snapshot is not None and snapshot.remaining_tokens == 30
 
 
+def test_settlement_from_the_event_loop_rides_the_admission_connection(
+    replicas: Callable[[], RedisRateLimiter],
+) -> None:
+    limiter = replicas()
+    scopes = (key_scope(rpm=100, tpm=100, concurrency=1),)
+
+    async def run() -> Admission | Refusal:
+        first = await limiter.admit_async(scopes, 80)
+        assert isinstance(first, Admission)
+        limiter.settle(first, 20)  # queued, not awaited; the next command follows it in order
+        second = await limiter.admit_async(scopes, 80)
+        await limiter.aclose()
+        return second
+
+    second = asyncio.run(run())
+    assert isinstance(second, Admission)  # 20 + 80 tokens fit, and the slot was freed
+    assert second.snapshot.remaining_tokens == 0
+
+
 def test_a_refused_request_consumes_nothing(replicas: Callable[[], RedisRateLimiter]) -> None:
     limiter = replicas()
     scopes = (key_scope(rpm=100, tpm=100), Scope("tenant:t", Limits(1, 10_000)))

@@ -103,11 +103,13 @@ def test_a_worker_killed_under_load_loses_no_answered_request(
                     if response.status_code == 200 and (not stream or "[DONE]" in response.text):
                         received.append(response.headers["x-request-id"])
 
+        time.sleep(5.0)  # both workers listening: connections spread over them
         clients = [threading.Thread(target=client) for _ in range(8)]
+        before = {pid: _cpu_seconds(pid) for pid in _workers(gateway.pid)}
         for each in clients:
             each.start()
         time.sleep(2.0)
-        victim = _workers(gateway.pid)[0]
+        victim = max(before, key=lambda pid: _cpu_seconds(pid) - before[pid])  # it is serving
         os.kill(victim, signal.SIGKILL)
         time.sleep(3.0)
         stop.set()
@@ -128,6 +130,11 @@ def test_a_worker_killed_under_load_loses_no_answered_request(
     chain = verify_chain(store)
     store.close()
     assert chain.ok and chain.records == len(stored)
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _answers(base: str) -> bool:

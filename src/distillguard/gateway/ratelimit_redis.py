@@ -9,9 +9,10 @@ gateway processes, on one machine or many, admit against one log. Each scope has
 
 Admission, settlement and snapshots are each one Lua script, run atomically by Redis, reading
 the time with Redis `TIME`: no replica's clock takes part, and no two decisions interleave.
-The gateway awaits admission on an asyncio connection (the event loop serves other requests
-meanwhile); settlements go to a background thread that sends them in pipelined batches, so
-the request path never waits for one. A late settlement only holds tokens a little longer:
+The gateway awaits admission on one pipelining asyncio connection (`gateway/resp.py`; the event
+loop serves other requests meanwhile) and queues each settlement on that same connection
+without waiting for its reply; settlements made outside the event loop go to a background
+thread that sends them in pipelined batches. The request path never waits for a settlement. A late settlement only holds tokens a little longer:
 stricter, never looser. A replica killed mid-request leaves its reservation to age out of the
 window and its in-flight entry to expire after `lease` seconds.
 
@@ -173,6 +174,7 @@ return snapshot(KEYS[1], KEYS[2], now, tonumber(ARGV[1]))
 
 
 _ADMIT_SHA = hashlib.sha1(_ADMIT.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
+_SETTLE_SHA = hashlib.sha1(_SETTLE.encode()).hexdigest()  # noqa: S324
 
 
 class RedisRateLimiter:
@@ -285,9 +287,23 @@ class RedisRateLimiter:
             return
         used = min(max(used_tokens, 0), admission.tokens)
         keys = [key for scope in admission.scopes for key in self._keys(scope)]
+        if self._send_on_loop(keys, [admission.token, used]):
+            return
         with self._settled:
             self._pending += 1
         self._settlements.put((keys, [admission.token, used]))
+
+    def _send_on_loop(self, keys: list[str], arguments: list[Any]) -> bool:
+        """From the event loop that admits: queue the settlement on its pipelined connection
+        (no thread, no waiting). False elsewhere: the background thread sends it."""
+        if self._async is None or not isinstance(self._async[1], PipelinedRedis):
+            return False
+        try:
+            if asyncio.get_running_loop() is not self._async[0]:
+                return False
+        except RuntimeError:
+            return False
+        return self._async[1].send_script(_SETTLE_SHA, _SETTLE, keys, arguments)
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every settlement handed over so far has reached Redis (or failed)."""

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -23,6 +25,8 @@ import hiredis
 import redis
 
 __all__ = ["PipelinedRedis"]
+
+log = logging.getLogger("distillguard.ratelimit")
 
 
 def _encode(arguments: tuple[Any, ...]) -> bytes:
@@ -56,7 +60,8 @@ class PipelinedRedis:
         self._timeout = timeout
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
-        self._waiters: collections.deque[asyncio.Future[Any]] = collections.deque()
+        # a future per command awaited; a `_Sent` per command sent without waiting
+        self._waiters: collections.deque[asyncio.Future[Any] | _Sent] = collections.deque()
         self._outgoing: list[bytes] = []
         self._connecting: asyncio.Lock | None = None
         self._reading: asyncio.Task[None] | None = None
@@ -65,12 +70,9 @@ class PipelinedRedis:
         """Send one command; its reply (a `redis.ResponseError` reply is raised)."""
         if self._writer is None:
             await self._connect()
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[Any] = loop.create_future()
+        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
-        if not self._outgoing:
-            loop.call_soon(self._flush)  # one send for every command of this loop turn
-        self._outgoing.append(_encode(arguments))
+        self._queue(_encode(arguments))
         try:
             async with asyncio.timeout(self._timeout):
                 reply = await waiter
@@ -89,6 +91,16 @@ class PipelinedRedis:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
             return await self.execute("EVAL", script, len(keys), *keys, *args)
+
+    def send_script(self, sha: str, script: str, keys: list[str], args: list[Any]) -> bool:
+        """Run a script without waiting for its reply (same order as every other command);
+        False when there is no connection to send it on. A NOSCRIPT reply re-sends it as EVAL;
+        another error reply is logged."""
+        if self._writer is None:
+            return False
+        self._waiters.append(_Sent(script, keys, args))
+        self._queue(_encode(("EVALSHA", sha, len(keys), *keys, *args)))
+        return True
 
     async def aclose(self) -> None:
         writer = self._writer
@@ -138,6 +150,11 @@ class PipelinedRedis:
                 self._fail(redis.ConnectionError(f"Redis refused the connection: {reply}"))
                 raise redis.ConnectionError(f"Redis refused the connection: {reply}")
 
+    def _queue(self, command: bytes) -> None:
+        if not self._outgoing:
+            asyncio.get_running_loop().call_soon(self._flush)  # one send per loop turn
+        self._outgoing.append(command)
+
     def _flush(self) -> None:
         if self._writer is not None and self._outgoing:
             self._writer.write(b"".join(self._outgoing))
@@ -153,7 +170,9 @@ class PipelinedRedis:
                 parser.feed(data)
                 while (reply := parser.gets()) is not False:
                     waiter = self._waiters.popleft()
-                    if not waiter.done():
+                    if isinstance(waiter, _Sent):
+                        self._sent_reply(waiter, reply)
+                    elif not waiter.done():
                         waiter.set_result(reply)
         except (OSError, redis.ConnectionError, IndexError) as exc:
             error = (
@@ -174,5 +193,27 @@ class PipelinedRedis:
         self._outgoing.clear()
         while self._waiters:
             waiter = self._waiters.popleft()
-            if not waiter.done():
+            if isinstance(waiter, _Sent):
+                log.warning("a script sent to Redis was lost with the connection: %s", error)
+            elif not waiter.done():
                 waiter.set_exception(error)
+
+    def _sent_reply(self, sent: _Sent, reply: Any) -> None:
+        if not isinstance(reply, hiredis.ReplyError):
+            return
+        if str(reply).startswith("NOSCRIPT") and not sent.retried:
+            sent.retried = True
+            self._waiters.append(sent)
+            self._queue(_encode(("EVAL", sent.script, len(sent.keys), *sent.keys, *sent.args)))
+            return
+        log.warning("a script sent to Redis failed: %s", reply)
+
+
+@dataclass
+class _Sent:
+    """A command whose reply nobody awaits (kept to re-send it if the script was missing)."""
+
+    script: str
+    keys: list[str]
+    args: list[Any]
+    retried: bool = False
