@@ -48,6 +48,16 @@ def main() -> int:
     parser.add_argument("--harvest", type=int, default=5000, help="harvest queries")
     parser.add_argument("--clean-seeds", type=int, default=5)
     parser.add_argument("--save", help="also write the JSON object to this file")
+    parser.add_argument(
+        "--audit-max-tokens", type=int, default=None, help="black-box completion length (64)"
+    )
+    parser.add_argument(
+        "--only",
+        type=float,
+        default=None,
+        help="explore one contamination level (e.g. 0.05) over --seeds students; no controls",
+    )
+    parser.add_argument("--seeds", type=int, default=3, help="students per level with --only")
     args = parser.parse_args()
 
     def log(message: str) -> None:
@@ -56,6 +66,8 @@ def main() -> int:
 
     started = time.perf_counter()
     config = ExperimentConfig()
+    if args.audit_max_tokens is not None:
+        config = replace(config, audit_max_tokens=args.audit_max_tokens)
     corpus = build_corpus()
     rng = np.random.default_rng(0)
     order = rng.permutation(len(corpus.train))[: args.harvest]
@@ -76,6 +88,8 @@ def main() -> int:
     rows: list[dict[str, Any]] = []
     students: dict[str, Any] = {}
     plan = [(c, 0) for c in CONTAMINATIONS] + [(0.0, s) for s in range(1, args.clean_seeds)]
+    if args.only is not None:
+        plan = [(args.only, seed) for seed in range(args.seeds)]
     for contamination, seed in plan:
         model = train_student(
             harvested_ids,
@@ -113,6 +127,10 @@ def main() -> int:
             f" (best {row['closed_best']}), open p 1e{row['open_log10_p']:.1f}"
             f" (best {row['open_best']})"
         )
+
+    if args.only is not None:
+        print(json.dumps({"rows": rows, "audit_max_tokens": config.audit_max_tokens}, indent=2))
+        return 0
 
     # controls: the teacher's own predictions, and watermarked prompts sent to a clean student
     teacher = load_model(None).model
