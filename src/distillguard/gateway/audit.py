@@ -21,6 +21,7 @@ it, so `verify_chain` checks one sequence whatever the number of replicas.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -191,8 +192,7 @@ class AuditLog:
                     wait = 0.0
             if batch:
                 self._write_retrying(connection, batch)
-                for pending in batch:
-                    pending.resolve()
+                _resolve(batch)
                 with self._written:
                     self._pending -= len(batch)
                     self._written.notify_all()
@@ -271,14 +271,22 @@ class _Pending:
     loop: asyncio.AbstractEventLoop | None = None
     done: asyncio.Future[None] | None = None
 
-    def resolve(self) -> None:
-        if self.loop is not None and self.done is not None:
-            self.loop.call_soon_threadsafe(_set_done, self.done)
+
+def _resolve(batch: list[_Pending]) -> None:
+    """Wake the waiters of a committed batch: one call per event loop, not one per record."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+    for pending in batch:
+        if pending.loop is not None and pending.done is not None:
+            by_loop.setdefault(pending.loop, []).append(pending.done)
+    for loop, futures in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
+            loop.call_soon_threadsafe(_set_done, futures)
 
 
-def _set_done(future: asyncio.Future[None]) -> None:
-    if not future.done():  # the waiting request may have been cancelled
-        future.set_result(None)
+def _set_done(futures: list[asyncio.Future[None]]) -> None:
+    for future in futures:
+        if not future.done():  # the waiting request may have been cancelled
+            future.set_result(None)
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,10 @@ the time with Redis `TIME`: no replica's clock takes part, and no two decisions 
 The gateway awaits admission on one pipelining asyncio connection (`gateway/resp.py`; the event
 loop serves other requests meanwhile) and queues each settlement on that same connection
 without waiting for its reply; settlements made outside the event loop go to a background
-thread that sends them in pipelined batches. The request path never waits for a settlement. A late settlement only holds tokens a little longer:
-stricter, never looser. A replica killed mid-request leaves its reservation to age out of the
-window and its in-flight entry to expire after `lease` seconds.
+thread that sends them in pipelined batches. The request path never waits for a settlement.
+A late settlement only holds tokens a little longer: stricter, never looser. A replica
+killed mid-request leaves its reservation to age out of the window and its in-flight entry
+to expire after `lease` seconds.
 
 When Redis cannot be reached the limiter fails closed (raises `LimiterUnavailable`, which the
 gateway answers with 503) or, if so configured, open (admits, uncounted); either way it counts
