@@ -556,26 +556,17 @@ def main() -> None:
         result["latency"] = latency
         result["redis_added_p50_ms"] = latency["added_ms"]
     if "scale" in parts:
-        scale = measure_scale(
-            args.database,
-            args.redis,
-            args.concurrency,
-            args.scale_seconds,
-            args.scale_repeats,
-            sqlite=False,
-        )
-        result["scale"] = scale
-        result["scale_2_over_1"] = scale["ratio"]
-        on_sqlite = measure_scale(
-            args.database,
-            args.redis,
-            args.concurrency,
-            args.scale_seconds,
-            args.scale_repeats,
-            sqlite=True,
-        )
-        result["scale_sqlite"] = on_sqlite
-        result["scale_2_over_1_sqlite"] = on_sqlite["ratio"]
+        for suffix, sqlite in (("", False), ("_sqlite", True)):
+            scale = measure_scale(
+                args.database,
+                args.redis,
+                args.concurrency,
+                args.scale_seconds,
+                args.scale_repeats,
+                sqlite=sqlite,
+            )
+            result[f"scale{suffix}"] = scale
+            result[f"scale_2_over_1{suffix}"] = scale["ratio"]
     if "engine" in parts:
         result["engine_scale"] = measure_engine_scale(
             args.database, args.redis, args.engine_concurrency, 20.0, args.max_tokens
@@ -624,29 +615,19 @@ def main() -> None:
                 f"(+{latency['with_monitor_added_ms']:.2f} ms)",
             )
         )
-    if "scale" in result:
-        scale = result["scale"]
-        rows.append(
-            (
-                "req/s, 1 vs 2 workers, PostgreSQL",
-                f"{scale['one_rps']:.1f} vs {scale['two_rps']:.1f} ({scale['ratio']:.2f}x)",
+    for name, label in (
+        ("scale", "PostgreSQL"),
+        ("scale_sqlite", "SQLite"),
+        ("engine_scale", "embedded model"),
+    ):
+        if name in result:
+            scale = result[name]
+            rows.append(
+                (
+                    f"req/s, 1 vs 2 workers, {label}",
+                    f"{scale['one_rps']:.1f} vs {scale['two_rps']:.1f} ({scale['ratio']:.2f}x)",
+                )
             )
-        )
-        scale = result["scale_sqlite"]
-        rows.append(
-            (
-                "req/s, 1 vs 2 workers, SQLite",
-                f"{scale['one_rps']:.1f} vs {scale['two_rps']:.1f} ({scale['ratio']:.2f}x)",
-            )
-        )
-    if "engine_scale" in result:
-        scale = result["engine_scale"]
-        rows.append(
-            (
-                "req/s, 1 vs 2 workers (embedded model)",
-                f"{scale['one_rps']:.1f} vs {scale['two_rps']:.1f} ({scale['ratio']:.2f}x)",
-            )
-        )
     print_table("Replicas on Redis + PostgreSQL", rows)
 
 
