@@ -36,6 +36,7 @@ from typing import Any
 from distillguard.errors import ConfigError
 from distillguard.gateway.ratelimit import Admission, LimiterUnavailable, Refusal, Scope, Snapshot
 from distillguard.gateway.resp import PipelinedRedis
+from distillguard.store.base import describe
 
 try:
     import redis
@@ -205,7 +206,7 @@ class RedisRateLimiter:
         self._settle = self._client.register_script(_SETTLE)
         self._snapshot = self._client.register_script(_SNAPSHOT)
         self._timeout = timeout
-        self._async: tuple[asyncio.AbstractEventLoop, Any, Any] | None = None
+        self._async: tuple[asyncio.AbstractEventLoop, Any] | None = None  # loop, its connection
         self._lock = threading.Lock()
         self._last_warning = 0.0
         self._settlements: queue.SimpleQueue[tuple[list[str], list[Any]] | None] = (
@@ -223,7 +224,7 @@ class RedisRateLimiter:
         try:
             self._client.ping()
         except redis.RedisError as exc:
-            raise ConfigError(f"cannot reach Redis at {_safe(self.url)}: {exc}") from None
+            raise ConfigError(f"cannot reach Redis at {describe(self.url)}: {exc}") from None
 
     def admit(self, scopes: tuple[Scope, ...], tokens: int) -> Admission | Refusal:
         """Decide now (blocking on Redis); the gateway uses `admit_async`."""
@@ -274,7 +275,7 @@ class RedisRateLimiter:
                     socket_connect_timeout=self._timeout,
                     retry=redis.asyncio.retry.Retry(NoBackoff(), 0),
                 )
-            self._async = (loop, connection, None)
+            self._async = (loop, connection)
         connection = self._async[1]
         if isinstance(connection, PipelinedRedis):
             return await connection.evalsha(_ADMIT_SHA, _ADMIT, keys, arguments)
@@ -422,9 +423,3 @@ def _snapshot(scope: Scope, reply: list[Any]) -> Snapshot:
         remaining_tokens=max(0, limits.tokens_per_minute - total),
         reset_tokens=reset,
     )
-
-
-def _safe(url: str) -> str:
-    from distillguard.store.base import describe
-
-    return describe(url)

@@ -39,6 +39,7 @@ from typing import Any
 
 from distillguard.errors import ConfigError
 from distillguard.monitor.events import MonitorEvent
+from distillguard.monitor.model import TIERS
 from distillguard.monitor.monitor import AccountReport, Monitor, RingReport, TierChange
 
 try:
@@ -120,7 +121,7 @@ class SharedMonitor:
 
     def set_tier(self, account: str, tier: str) -> None:
         """Pin a tier: in effect on every replica at once; the leader records it."""
-        if tier not in ("normal", "watch", "throttle", "block"):
+        if tier not in TIERS:
             raise ValueError(f"unknown tier {tier!r}")
         pipe = self._client.pipeline()
         pipe.hset(self._key("tiers"), account, f"{tier} pinned")
