@@ -5,10 +5,12 @@ a harvester tenant collects completions (watermarked with its key). A clean base
 pretrained once on held-out prose and tinyshakespeare. Students fine-tune copies of the base on
 the harvest mixed with clean text at several contamination levels. Each student is audited
 black-box (2,000 queries with the harvester's logged prompts) and with open weights (20,000
-teacher-forced contexts), against 100 tenant keys.
+teacher-forced contexts; the headline is the shift of green mass from the clean base), against
+100 tenant keys.
 
 Controls: clean students (contamination 0, several seeds), the teacher itself (its own,
-unwatermarked predictions), and watermarked texts sent as prompts to a clean student.
+unwatermarked predictions, alone and as a shift from the base), and watermarked texts sent as
+prompts to a clean student.
 
     .venv/bin/python benchmarks/radioactivity.py [--json] [--harvest 5000] [--clean-seeds 5]
 """
@@ -100,8 +102,10 @@ def main() -> int:
             end_of_text=eos,
             base=base,
         )
-        audit = audit_student(model, run, config, seed=seed)
+        audit = audit_student(model, run, config, reference=base, seed=seed)
         students[f"{contamination}-{seed}"] = model
+        shift = audit.shift
+        assert shift is not None  # audited with a reference
         row = {
             "contamination": contamination,
             "seed": seed,
@@ -111,11 +115,15 @@ def main() -> int:
             "closed_best": audit.black_box.attribution.best.tenant,
             "closed_min_log10_p_any_key": min(d.log10_p for d in audit.black_box.detections),
             "closed_corrected_log10_p": audit.black_box.attribution.ranking[0].adjusted_log10_p,
-            "open_log10_p": audit.top1.for_key(harvester).log10_p,
-            "open_scored": audit.top1.scored,
-            "open_best": audit.top1.attribution.best.tenant,
-            "open_min_log10_p_any_key": min(d.log10_p for d in audit.top1.detections),
-            "open_corrected_log10_p": audit.top1.attribution.ranking[0].adjusted_log10_p,
+            # open weights: the shift from the clean base the students were fine-tuned from
+            "open_log10_p": shift.for_key(harvester).log10_p,
+            "open_scored": shift.scored,
+            "open_best": shift.attribution.best.tenant,
+            "open_min_log10_p_any_key": min(d.log10_p for d in shift.detections),
+            "open_corrected_log10_p": shift.attribution.ranking[0].adjusted_log10_p,
+            "top1_log10_p": audit.top1.for_key(harvester).log10_p,
+            "top1_best": audit.top1.attribution.best.tenant,
+            "top1_min_log10_p_any_key": min(d.log10_p for d in audit.top1.detections),
             "mass_log10_p": audit.mass.for_key(harvester).log10_p,
             "closed_by_queries": audit.black_box_by_queries,
             "open_by_contexts": audit.open_by_contexts,
@@ -134,9 +142,17 @@ def main() -> int:
 
     # controls: the teacher's own predictions, and watermarked prompts sent to a clean student
     teacher = load_model(None).model
-    teacher_top1, _ = open_weights_test(
-        teacher, run.scheme, run.keys, harvested_ids, max_contexts=config.open_contexts
+    # the teacher's own (unwatermarked) predictions, alone and as a shift from the base
+    teacher_open = open_weights_test(
+        teacher,
+        run.scheme,
+        run.keys,
+        harvested_ids,
+        reference=base,
+        max_contexts=config.open_contexts,
     )
+    teacher_top1, teacher_shift = teacher_open.top1, teacher_open.shift
+    assert teacher_shift is not None
     teacher_prompts = run.encode(run.prompts)[: config.audit_queries]
     teacher_outputs = sample(teacher, teacher_prompts, config.audit_max_tokens)
     teacher_closed = black_box_test(run.scheme, run.keys, teacher_prompts, teacher_outputs)
@@ -146,12 +162,13 @@ def main() -> int:
     echo = black_box_test(run.scheme, run.keys, watermarked_prompts, echo_outputs)
     controls = {
         "teacher_open_min_log10_p": min(d.log10_p for d in teacher_top1.detections),
+        "teacher_shift_min_log10_p": min(d.log10_p for d in teacher_shift.detections),
         "teacher_closed_min_log10_p": min(d.log10_p for d in teacher_closed.detections),
         "watermarked_prompts_min_log10_p": min(d.log10_p for d in echo.detections),
     }
     corrected_controls = [
         result.attribution.ranking[0].adjusted_log10_p
-        for result in (teacher_top1, teacher_closed, echo)
+        for result in (teacher_top1, teacher_shift, teacher_closed, echo)
     ]
     clean_rows = [row for row in rows if row["contamination"] == 0.0]
     # what an audit reports is the best tenant's p corrected for the 100 tenants tested (Holm);
@@ -164,6 +181,7 @@ def main() -> int:
     null_min_raw = min(
         [r["closed_min_log10_p_any_key"] for r in clean_rows]
         + [r["open_min_log10_p_any_key"] for r in clean_rows]
+        + [r["top1_min_log10_p_any_key"] for r in clean_rows]
         + list(controls.values())
     )
 
@@ -188,6 +206,8 @@ def main() -> int:
         "open_p_1": 10 ** at(0.01, "open_log10_p"),
         "closed_log10_p_5": at(0.05, "closed_log10_p"),
         "open_log10_p_5": at(0.05, "open_log10_p"),
+        "open_top1_p_5": 10 ** at(0.05, "top1_log10_p"),
+        "open_statistic": "green mass shift from the clean base (Chernoff bound)",
         "null_min_p": 10**null_min,
         "null_min_p_uncorrected": 10**null_min_raw,
         "attribution_correct": all(attributed),
@@ -211,8 +231,9 @@ def main() -> int:
             (
                 f"{r['contamination']:.0%} seed {r['seed']}",
                 f"black-box {r['closed_log10_p']:8.2f} [{r['closed_best']}]   "
-                f"open top-1 {r['open_log10_p']:8.2f} [{r['open_best']}]   "
-                f"mass {r['mass_log10_p']:8.2f}   by queries {r['closed_by_queries']}",
+                f"open shift {r['open_log10_p']:8.2f} [{r['open_best']}]   "
+                f"top-1 {r['top1_log10_p']:7.2f}   mass {r['mass_log10_p']:7.2f}   "
+                f"by queries {r['closed_by_queries']}",
             )
             for r in rows
         ],

@@ -369,7 +369,8 @@ def audit_purge_text(state: _State, older_than_days: float) -> None:
     "--reference",
     default=None,
     help="Control: a model that never saw our outputs (a URL in black-box mode, a directory "
-    "in open-weights mode), audited the same way.",
+    "in open-weights mode), audited the same way. In open-weights mode it also anchors the "
+    "green-mass-shift test: best the public base the suspect was fine-tuned from.",
 )
 @click.option("--tenant", default=None, help="Use this tenant's logged traffic (default: all).")
 @click.option(
@@ -411,8 +412,10 @@ def audit_suspect(
     Black-box (--url, --suspect-model): send it logged prompts (or --prompts), score its
     outputs against every tenant's key; tuples whose context is in the query's prompt are
     dropped. Open weights (--weights DIR): teacher-force the logged outputs through it and test
-    whether its top-1 predictions, and its probability mass, favour green tokens. The suspect's
-    API key, if it needs one, is read from DISTILLGUARD_SUSPECT_API_KEY.
+    whether its top-1 predictions, and its probability mass, favour green tokens; with
+    --reference DIR, also whether it moved probability towards green tokens relative to that
+    model (the strongest test when the reference is the suspect's base). The suspect's API
+    key, if it needs one, is read from DISTILLGUARD_SUSPECT_API_KEY.
     """
     from distillguard.forensics.audit import run_audit
 

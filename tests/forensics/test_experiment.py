@@ -39,11 +39,13 @@ def test_harvest_train_and_audit_at_toy_scale(tmp_path: Path, tiny_model_dir: Pa
     vocab, eos = int(run.scheme.vocab_size or 0), int(run.tokenizer.eos_token_id)
     base = pretrain_base(ids, student, vocab_size=vocab, end_of_text=eos)
     model = train_student(ids, ids, 0.5, student, vocab_size=vocab, end_of_text=eos, base=base)
-    audit = audit_student(model, run, config)
+    audit = audit_student(model, run, config, reference=base)
     assert audit.black_box.attribution.keys_tested == 5
-    assert audit.top1.scored <= 300 and audit.mass.scored > 0
+    assert audit.top1.scored <= 300 and audit.mass.scored == 300
+    assert audit.shift is not None and audit.shift.scored == 300
     assert set(audit.black_box_by_queries) == set()  # 20 queries: below the first budget
-    assert set(audit.open_by_contexts) == set()
+    assert set(audit.open_by_contexts) == {300}  # below the first partial budget: the full one
+    assert audit_student(model, run, config).shift is None
 
 
 def test_contamination_outside_the_unit_interval_is_refused() -> None:

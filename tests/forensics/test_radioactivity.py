@@ -88,10 +88,13 @@ def test_black_box_p_values_are_calibrated_on_clean_outputs() -> None:
 class _Suspect(torch.nn.Module):  # type: ignore[misc]
     """Logits that favour key "a"'s green tokens after each token by `bias` (h = 1)."""
 
-    def __init__(self, bias: float, seed: int = 0) -> None:
+    def __init__(self, bias: float, seed: int = 0, noise: float = 0.0, noise_seed: int = 1) -> None:
         super().__init__()
         generator = torch.Generator().manual_seed(seed)
         self.base = torch.randn(VOCAB, VOCAB, generator=generator) * 2.0
+        # a key-independent change of the same base (another fine-tune, say)
+        drift = torch.Generator().manual_seed(noise_seed)
+        self.base += noise * torch.randn(VOCAB, VOCAB, generator=drift)
         masks = np.stack([green_mask(KEYS[0], previous) for previous in range(VOCAB)])
         self.base += bias * torch.from_numpy(masks.astype(np.float32))
         self.config = type("C", (), {"n_positions": 64, "vocab_size": VOCAB})()
@@ -103,7 +106,9 @@ class _Suspect(torch.nn.Module):  # type: ignore[misc]
 def test_open_weights_reads_a_learned_watermark_from_top1_and_mass() -> None:
     rng = np.random.default_rng(3)
     documents = [list(rng.integers(0, VOCAB, 64)) for _ in range(80)]
-    top1, mass = open_weights_test(_Suspect(bias=3.0), CONFIG, KEYS, documents)
+    result = open_weights_test(_Suspect(bias=3.0), CONFIG, KEYS, documents)
+    top1, mass = result.top1, result.mass
+    assert result.shift is None and result.all() == [top1, mass]
     assert top1.attribution.best.tenant == "a" and top1.for_key(KEYS[0].key_id).log10_p < -10
     assert mass.attribution.best.tenant == "a" and mass.for_key(KEYS[0].key_id).log10_p < -10
     assert not mass.exact
@@ -114,9 +119,74 @@ def test_open_weights_reads_a_learned_watermark_from_top1_and_mass() -> None:
 def test_open_weights_on_a_model_that_never_saw_the_key_is_null() -> None:
     rng = np.random.default_rng(4)
     documents = [list(rng.integers(0, VOCAB, 64)) for _ in range(80)]
-    top1, mass = open_weights_test(_Suspect(bias=0.0, seed=9), CONFIG, KEYS, documents)
-    assert min(d.log10_p for d in top1.detections) > -3
-    assert min(d.log10_p for d in mass.detections) > -3
+    result = open_weights_test(_Suspect(bias=0.0, seed=9), CONFIG, KEYS, documents)
+    assert min(d.log10_p for d in result.top1.detections) > -3
+    assert min(d.log10_p for d in result.mass.detections) > -3
+
+
+def test_the_shift_from_a_reference_finds_a_small_learned_bias_the_suspect_alone_hides() -> None:
+    rng = np.random.default_rng(6)
+    documents = [biased_text(rng, 64, 0.5, int(rng.integers(VOCAB))) for _ in range(60)]
+    base = _Suspect(bias=0.0)
+    suspect = _Suspect(bias=0.15, noise=0.3)  # fine-tuned from the base: drift and a bias
+    result = open_weights_test(suspect, CONFIG, KEYS, documents, reference=base, top_k=64)
+    assert result.shift is not None and result.all()[0] is result.shift
+    assert result.shift.attribution.best.tenant == "a"
+    assert result.shift.for_key(KEYS[0].key_id).log10_p < -8
+    assert result.top1.for_key(KEYS[0].key_id).log10_p > -3  # too small to move the top-1
+    for other in KEYS[1:]:
+        assert result.shift.for_key(other.key_id).log10_p > -3
+
+
+def test_shift_p_values_are_calibrated_when_the_suspect_never_saw_the_key() -> None:
+    rng = np.random.default_rng(7)
+    base = _Suspect(bias=0.0)
+    p_values = []
+    for trial in range(60):
+        documents = [biased_text(rng, 48, 0.5, int(rng.integers(VOCAB))) for _ in range(6)]
+        drifted = _Suspect(bias=0.0, noise=0.5, noise_seed=100 + trial)
+        result = open_weights_test(drifted, CONFIG, KEYS, documents, reference=base)
+        assert result.shift is not None
+        p_values.extend(d.p_value for d in result.shift.detections)
+    share = float(np.mean(np.asarray(p_values) <= 0.05))
+    assert share <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / len(p_values))
+
+
+class _Copier(torch.nn.Module):  # type: ignore[misc]
+    """A clean model that copies: after a token seen before in its input it predicts the token
+    that followed it then (an induction head); otherwise fixed random logits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.base = torch.randn(VOCAB, VOCAB, generator=torch.Generator().manual_seed(3))
+        self.config = type("C", (), {"n_positions": 64, "vocab_size": VOCAB})()
+
+    def forward(self, input_ids: Any, attention_mask: Any = None) -> Any:
+        logits = self.base[input_ids].clone()
+        for row in range(input_ids.shape[0]):
+            followers: dict[int, int] = {}
+            ids = input_ids[row].tolist()
+            for t, token in enumerate(ids):
+                if token in followers:
+                    logits[row, t, followers[token]] += 50.0
+                if t + 1 < len(ids):
+                    followers[token] = ids[t + 1]
+        return type("Out", (), {"logits": logits})()
+
+
+def test_a_model_copying_watermarked_tuples_from_its_input_is_not_radioactive() -> None:
+    rng = np.random.default_rng(8)
+    # every tuple green under key "a", and short cycles so that tokens recur inside a window
+    documents = []
+    for _ in range(40):
+        loop = biased_text(rng, 6, 1.0, int(rng.integers(VOCAB)))
+        documents.append((loop * 8)[:48])
+    result = open_weights_test(
+        _Copier(), CONFIG, KEYS, documents, reference=_Suspect(bias=0.0, seed=3)
+    )
+    assert result.top1.dropped > 0
+    for statistic in result.all():
+        assert statistic.for_key(KEYS[0].key_id).log10_p > -3, statistic.statistic
 
 
 def test_the_chernoff_bound_is_above_the_simulated_tail() -> None:
@@ -126,6 +196,17 @@ def test_the_chernoff_bound_is_above_the_simulated_tail() -> None:
     for observed in np.quantile(draws, [0.9, 0.99, 0.999]):
         tail = float(np.mean(draws >= observed))
         assert 10 ** _chernoff_log10(float(observed), weights, 0.25) >= tail
+
+
+def test_the_chernoff_bound_holds_for_signed_weights_at_any_scale() -> None:
+    rng = np.random.default_rng(9)
+    weights = rng.normal(size=1500) * 1e-4  # differences of two models' probabilities
+    draws = (rng.random((20_000, weights.size)) < 0.25) @ weights
+    for observed in np.quantile(draws, [0.9, 0.99, 0.999]):
+        tail = float(np.mean(draws >= observed))
+        bound = 10 ** _chernoff_log10(float(observed), weights, 0.25)
+        assert tail <= bound <= 20 * tail  # valid, and not far above the tail
+    assert _chernoff_log10(-1.0, weights, 0.25) == 0.0
 
 
 def test_unsupported_schemes_and_bad_input_are_refused() -> None:

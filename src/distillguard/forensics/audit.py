@@ -5,7 +5,9 @@ output the gateway served, with the tenant, the watermark key id and the scheme 
 A black-box audit queries the suspect's OpenAI-compatible API with logged prompts (or a
 supplied set). An open-weights audit teacher-forces the logged outputs through a local model
 directory. Both test every tenant's key. A control run on a reference model goes beside them:
-a model that never saw our outputs, audited the same way.
+a model that never saw our outputs, audited the same way. In open-weights mode the reference
+also anchors the strongest statistic, the suspect's shift of probability towards green tokens
+relative to the reference.
 """
 
 from __future__ import annotations
@@ -161,7 +163,7 @@ class AuditOutcome:
                 best = result.attribution.ranking[0]
                 detection = best.detection
                 lines.append(
-                    f"{label:<8} {result.statistic:<13} scored {result.scored:>7}  "
+                    f"{label:<8} {result.statistic:<16} scored {result.scored:>7}  "
                     f"best {detection.tenant or detection.key_id}: score {detection.score:.1f} "
                     f"vs {detection.expected_score:.1f} expected, "
                     f"p {log10_to_text(detection.log10_p)}, "
@@ -294,22 +296,20 @@ def run_audit(
         for prompt, output in zip(encode(logged.prompts), encode(logged.outputs), strict=True)
     ]
     parameters |= {"contexts": contexts, "documents": len(documents)}
-    results = list(
-        open_weights_test(
-            load_suspect_weights(weights), config, keys, documents, max_contexts=contexts
-        )
-    )
+    reference_model = load_suspect_weights(Path(reference)) if reference else None
+    # with a reference, the suspect's shift away from it leads; the reference audited on its
+    # own is the control
+    results = open_weights_test(
+        load_suspect_weights(weights),
+        config,
+        keys,
+        documents,
+        reference=reference_model,
+        max_contexts=contexts,
+    ).all()
     controls = (
-        list(
-            open_weights_test(
-                load_suspect_weights(Path(reference)),
-                config,
-                keys,
-                documents,
-                max_contexts=contexts,
-            )
-        )
-        if reference
+        open_weights_test(reference_model, config, keys, documents, max_contexts=contexts).all()
+        if reference_model is not None
         else []
     )
     return AuditOutcome("open-weights", str(weights), reference, results, controls, parameters)

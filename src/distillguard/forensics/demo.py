@@ -124,22 +124,30 @@ def run_demo(
             tick=bar.update,
         )
 
-    say("4/5 audit: black-box and open weights, every tenant's key, the clean base as control")
+    say(
+        "4/5 audit: black-box and open weights (shift from the clean base), every tenant's key,"
+        " the clean base as control"
+    )
     prompt_ids = run.encode(run.prompts)[: config.audit_queries]
 
-    def both(model: Any) -> list[Any]:
+    def both(model: Any, reference: Any = None) -> list[Any]:
         outputs = sample(model, prompt_ids, config.audit_max_tokens)
         closed = black_box_test(run.scheme, run.keys, prompt_ids, outputs)
-        top1, _ = open_weights_test(
-            model, run.scheme, run.keys, harvested, max_contexts=config.open_contexts
+        open_weights = open_weights_test(
+            model,
+            run.scheme,
+            run.keys,
+            harvested,
+            reference=reference,
+            max_contexts=config.open_contexts,
         )
-        return [closed, top1]
+        return [closed, open_weights.all()[0]]
 
     outcome = AuditOutcome(
         mode="black-box",
         suspect=f"the student distilled from the harvest ({output / 'student'})",
         reference="the clean base model",
-        results=both(student),
+        results=both(student, reference=base),
         controls=both(base),
         parameters={
             "scheme_fingerprint": run.scheme.fingerprint,

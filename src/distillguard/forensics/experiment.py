@@ -10,7 +10,8 @@
 3. Each student is audited both ways:
    - black-box, served unwatermarked behind a gateway and queried with the harvester's logged
      prompts;
-   - open weights, teacher-forced on the harvester's logged outputs.
+   - open weights, teacher-forced on the harvester's logged outputs, with the clean base as
+     the reference of the shift test.
 
    Every key of `tenants` tenants is tested, so attribution is a 1-in-N choice. Controls: the
    teacher itself, and watermarked prompts sent to a clean student.
@@ -343,8 +344,9 @@ class StudentAudit:
     black_box: RadioactivityResult
     top1: RadioactivityResult
     mass: RadioactivityResult
+    shift: RadioactivityResult | None  # against the reference, when one was given
     black_box_by_queries: dict[int, float]  # queries -> harvester's log10 p
-    open_by_contexts: dict[int, float]  # contexts -> harvester's log10 p (top-1)
+    open_by_contexts: dict[int, float]  # contexts -> harvester's log10 p (shift, else top-1)
     seconds: float
 
 
@@ -353,10 +355,12 @@ def audit_student(
     run: Harvest,
     config: ExperimentConfig,
     *,
+    reference: Any = None,
     prompts: Sequence[str] | None = None,
     seed: int = 0,
 ) -> StudentAudit:
-    """Both audits of one suspect model, with p-values at growing budgets."""
+    """Both audits of one suspect model, with p-values at growing budgets. `reference` (the
+    clean base the students were fine-tuned from) anchors the open-weights shift test."""
     started = time.perf_counter()
     prompt_texts = list(prompts if prompts is not None else run.prompts)[: config.audit_queries]
     prompt_ids = run.encode(prompt_texts)
@@ -372,18 +376,35 @@ def audit_student(
     documents = [
         p + o for p, o in zip(run.encode(run.prompts), run.encode(run.outputs), strict=True)
     ]
-    top1, mass = open_weights_test(
-        model, run.scheme, run.keys, documents, max_contexts=config.open_contexts
+    open_weights = open_weights_test(
+        model,
+        run.scheme,
+        run.keys,
+        documents,
+        reference=reference,
+        max_contexts=config.open_contexts,
     )
     by_contexts = {}
-    for budget in (1000, 5000, 20_000):
-        if budget <= config.open_contexts:
-            partial_top1, _ = open_weights_test(
-                model, run.scheme, run.keys[:1], documents, max_contexts=budget
+    for budget in (1000, 5000):
+        if budget < config.open_contexts:
+            at_budget = open_weights_test(
+                model,
+                run.scheme,
+                run.keys[:1],
+                documents,
+                reference=reference,
+                max_contexts=budget,
             )
-            by_contexts[budget] = partial_top1.detections[0].log10_p
+            by_contexts[budget] = at_budget.all()[0].detections[0].log10_p
+    by_contexts[config.open_contexts] = open_weights.all()[0].detections[0].log10_p
     return StudentAudit(
-        black_box, top1, mass, by_queries, by_contexts, time.perf_counter() - started
+        black_box,
+        open_weights.top1,
+        open_weights.mass,
+        open_weights.shift,
+        by_queries,
+        by_contexts,
+        time.perf_counter() - started,
     )
 
 

@@ -8,10 +8,15 @@ Following Sander et al., "Watermarking Makes Language Models Radioactive" (NeurI
   otherwise make a clean model look radioactive.
 - Open weights: our logged watermarked outputs are fed to the suspect (teacher forcing). At
   each position the suspect's top-1 next-token prediction is scored under each key. A model
-  that learned the watermark predicts green tokens more often than gamma. Each context counts
-  once. The p-value is the exact binomial tail, as for text. A second statistic, the
-  probability mass the suspect puts on green tokens, reads more of the logits; its p-value is a
-  Chernoff bound, valid but conservative.
+  that learned the watermark predicts green tokens more often than gamma. Each distinct
+  (context, prediction) pair counts once; the p-value is the exact binomial tail, as for
+  text. Two statistics read more of the logits, with Chernoff-bound p-values (valid, a little
+  conservative): the probability mass the suspect puts on green tokens, and, given a
+  reference model, the shift of that mass away from the reference's. The shift is the
+  strongest when the reference is close to where the suspect started (its public base): it
+  cancels what both models would predict anyway and keeps what the suspect learned since.
+  Predictions of a tuple that already occurred earlier in the model's input are not scored:
+  the text is watermarked and a model can copy from its input.
 
 Under the null hypothesis (the suspect never learned from text watermarked with that key),
 each scored tuple is green with probability gamma, independently, because the keyed hash of
@@ -44,6 +49,7 @@ from distillguard.watermark.key import WatermarkKey, key_word_array
 from distillguard.watermark.scheme import Scheme, SchemeConfig, Seeding
 
 __all__ = [
+    "OpenWeightsResults",
     "RadioactivityResult",
     "black_box_test",
     "open_weights_test",
@@ -57,7 +63,7 @@ class RadioactivityResult:
     """One radioactivity test of one suspect against every tested key."""
 
     mode: str  # "black-box" or "open-weights"
-    statistic: str  # "green tuples" (black-box), "top-1 green" or "green mass" (open weights)
+    statistic: str  # "green tuples" (black-box); "top-1 green", "green mass", "green mass shift"
     scored: int  # unique tuples (or contexts) scored
     dropped: int  # tuples dropped: repeats, and contexts seen in the prompts (black-box)
     detections: tuple[Detection, ...]  # one per key, in the order the keys were given
@@ -222,46 +228,85 @@ def black_box_test(
 
 
 @dataclass(frozen=True)
-class _Predictions:
-    digests: npt.NDArray[np.uint32]  # unique contexts
-    top_tokens: npt.NDArray[np.uint32]  # (contexts, k)
-    top_probabilities: npt.NDArray[np.float64]  # (contexts, k)
-    positions: int  # positions read before deduplication
+class OpenWeightsResults:
+    """The open-weights tests of one suspect.
+
+    `shift` (given a reference model) is the strongest: it reads how the suspect's predictions
+    moved away from the reference's, where the top-1 and mass tests read the suspect alone.
+    """
+
+    top1: RadioactivityResult
+    mass: RadioactivityResult
+    shift: RadioactivityResult | None = None
+
+    def all(self) -> list[RadioactivityResult]:
+        """The tests that ran, the strongest first."""
+        return ([self.shift] if self.shift is not None else []) + [self.top1, self.mass]
 
 
-def _predict(
+@dataclass(frozen=True)
+class _Readings:
+    """What teacher forcing read, flattened over every scored context.
+
+    Candidates are the suspect's top-k tokens and, with a reference, the reference's top-k;
+    a candidate whose (context, token) tuple already occurred earlier in the window carries
+    weight 0 (a model can copy it from its input, and the text is watermarked).
+    """
+
+    contexts: int  # positions read
+    top1: npt.NDArray[np.uint64]  # unique packed (digest, top-1 token) pairs
+    copied_top1: int  # positions whose top-1 was a copy of an earlier tuple, not scored
+    candidates: npt.NDArray[np.uint64]  # unique packed (digest, candidate) tuples
+    suspect_mass: npt.NDArray[np.float64]  # per candidate: summed suspect probability
+    shift: npt.NDArray[np.float64] | None  # per candidate: summed suspect - reference
+
+
+def _probabilities(model: Any, ids: Any, mask: Any) -> Any:
+    import torch
+
+    logits = model(input_ids=ids, attention_mask=mask).logits.float()
+    return torch.softmax(logits, dim=-1)
+
+
+def _read(
     model: Any,
+    reference: Any,
     documents: Sequence[Sequence[int]],
     config: SchemeConfig,
     *,
     max_contexts: int,
     top_k: int,
     batch_size: int,
-) -> tuple[_Predictions, npt.NDArray[np.uint64]]:
-    """Teacher-force the documents. Returns each new context's top-k next-token distribution
-    (for the mass test) and the unique (context, top-1 token) pairs, packed (for the top-1
-    test); reading stops once `max_contexts` pairs are collected."""
+) -> _Readings:
+    """Teacher-force the documents through the suspect (and the reference) until
+    `max_contexts` contexts are read."""
     import torch
 
     width = config.context_width
     limit = int(getattr(model.config, "n_positions", 0) or model.config.max_position_embeddings)
-    seen_contexts: set[int] = set()
-    seen_pairs: set[int] = set()
-    pairs: list[int] = []
-    digests: list[int] = []
-    tokens_kept: list[npt.NDArray[np.int64]] = []
-    probabilities_kept: list[npt.NDArray[np.float64]] = []
-    positions = 0
+    if reference is not None:
+        reference_limit = int(
+            getattr(reference.config, "n_positions", 0) or reference.config.max_position_embeddings
+        )
+        limit = min(limit, reference_limit)
     windows = [
         list(document[start : start + limit])
         for document in documents
         for start in range(0, max(len(document) - width, 0), limit - width)
         if len(document[start : start + limit]) > width
     ]
+    contexts = 0
+    copied_top1 = 0
+    top1_parts: list[npt.NDArray[np.uint64]] = []
+    candidate_parts: list[npt.NDArray[np.uint64]] = []
+    mass_parts: list[npt.NDArray[np.float64]] = []
+    shift_parts: list[npt.NDArray[np.float64]] = []
     model.eval()
+    if reference is not None:
+        reference.eval()
     with torch.no_grad():
         for first in range(0, len(windows), batch_size):
-            if len(pairs) >= max_contexts:
+            if contexts >= max_contexts:
                 break
             batch = windows[first : first + batch_size]
             longest = max(len(window) for window in batch)
@@ -270,36 +315,73 @@ def _predict(
             for row, window in enumerate(batch):
                 ids[row, : len(window)] = torch.tensor(window)
                 mask[row, : len(window)] = 1
-            logits = model(input_ids=ids, attention_mask=mask).logits.float()
-            top = torch.topk(torch.softmax(logits, dim=-1), top_k, dim=-1)
-            indices = top.indices.numpy()
-            values = top.values.double().numpy()
+            suspect = _probabilities(model, ids, mask)  # (batch, positions, vocab)
+            suspect_top = torch.topk(suspect, top_k, dim=-1).indices
+            if reference is not None:
+                against = _probabilities(reference, ids, mask)
+                reference_top = torch.topk(against, top_k, dim=-1).indices
+                # the union of both top-k lists: a reference candidate already in the
+                # suspect's list is dropped (its weight set to 0 below)
+                tokens = torch.cat([suspect_top, reference_top], dim=-1)
+                repeated = (reference_top[..., :, None] == suspect_top[..., None, :]).any(-1)
+                unique = torch.cat([torch.ones_like(suspect_top, dtype=torch.bool), ~repeated], -1)
+                shift = (suspect.gather(-1, tokens) - against.gather(-1, tokens)) * unique
+            else:
+                tokens = suspect_top
+                shift = None
+            mass = suspect.gather(-1, tokens) * (torch.arange(tokens.shape[-1]) < top_k)
             for row, window in enumerate(batch):
-                # the prediction at position t follows the context window ending at t
-                contexts = _window_digests(np.asarray(window, dtype=np.uint32), width)
-                for index, digest in enumerate(contexts.tolist()):
-                    if len(pairs) >= max_contexts:
-                        break
-                    positions += 1
-                    t = index + width - 1
-                    pair = (digest << 32) | int(indices[row, t, 0])
-                    if pair not in seen_pairs:
-                        seen_pairs.add(pair)
-                        pairs.append(pair)
-                    if digest not in seen_contexts:
-                        seen_contexts.add(digest)
-                        digests.append(digest)
-                        tokens_kept.append(indices[row, t])
-                        probabilities_kept.append(values[row, t])
-    if not pairs:
+                if contexts >= max_contexts:
+                    break
+                sequence = np.asarray(window, dtype=np.uint32)
+                digests = _window_digests(sequence, width)  # context ending at t = i + width - 1
+                keep = min(digests.size, max_contexts - contexts)
+                contexts += keep
+                positions = np.arange(keep) + width - 1
+                at = torch.from_numpy(positions)
+                row_tokens = tokens[row, at].numpy().astype(np.uint32)  # (keep, candidates)
+                packed = _pack(np.repeat(digests[:keep], row_tokens.shape[1]), row_tokens.ravel())
+                packed = packed.reshape(row_tokens.shape)
+                # tuple (context ending at j, token j + 1) is in the input at every t > j
+                earlier = _pack(digests[: sequence.size - width], sequence[width:])
+                copied = _first_index(earlier, packed) < positions[:, None] - (width - 1)
+                top1 = packed[:, 0]
+                copied_top1 += int(copied[:, 0].sum())
+                top1_parts.append(top1[~copied[:, 0]])
+                live = ~copied
+                candidate_parts.append(packed[live])
+                mass_parts.append(mass[row, at].double().numpy()[live])
+                if shift is not None:
+                    shift_parts.append(shift[row, at].double().numpy()[live])
+    if contexts == 0:
         raise InputError("nothing to score: the documents are shorter than the scheme's context")
-    predictions = _Predictions(
-        digests=np.asarray(digests, dtype=np.uint32),
-        top_tokens=np.stack(tokens_kept).astype(np.uint32),
-        top_probabilities=np.stack(probabilities_kept),
-        positions=positions,
+    # the same (context, token) tuple shares one hash value: sum its weights over positions
+    candidates, inverse = np.unique(np.concatenate(candidate_parts), return_inverse=True)
+
+    def summed(parts: list[npt.NDArray[np.float64]]) -> npt.NDArray[np.float64]:
+        total = np.bincount(inverse, weights=np.concatenate(parts), minlength=candidates.size)
+        return total.astype(np.float64)
+
+    return _Readings(
+        contexts=contexts,
+        top1=np.unique(np.concatenate(top1_parts)),
+        copied_top1=copied_top1,
+        candidates=candidates,
+        suspect_mass=summed(mass_parts),
+        shift=summed(shift_parts) if reference is not None else None,
     )
-    return predictions, np.asarray(pairs, dtype=np.uint64)
+
+
+def _first_index(
+    earlier: npt.NDArray[np.uint64], packed: npt.NDArray[np.uint64]
+) -> npt.NDArray[np.int64]:
+    """Index of each packed tuple's first occurrence in `earlier`; a large number if absent."""
+    absent = np.iinfo(np.int64).max
+    if earlier.size == 0:
+        return np.full(packed.shape, absent, dtype=np.int64)
+    unique, first = np.unique(earlier, return_index=True)
+    slot = np.minimum(np.searchsorted(unique, packed), unique.size - 1)
+    return np.where(unique[slot] == packed, first[slot], absent)
 
 
 def open_weights_test(
@@ -308,58 +390,90 @@ def open_weights_test(
     keys: Sequence[WatermarkKey],
     documents: Sequence[Sequence[int]],
     *,
+    reference: Any = None,
     max_contexts: int = 20_000,
     top_k: int = 32,
     batch_size: int = 16,
-) -> tuple[RadioactivityResult, RadioactivityResult]:
-    """Teacher-force our watermarked documents through a local model (a transformers causal LM).
+) -> OpenWeightsResults:
+    """Teacher-force our watermarked documents through a local model (a transformers causal
+    LM), reading at most `max_contexts` contexts (token positions).
 
-    Returns the top-1 test (exact) and the green-mass test (Chernoff bound). Reading stops at
-    `max_contexts` distinct (context, top-1 token) pairs.
+    - top-1 (exact binomial): one tuple per distinct (context, predicted token);
+    - green mass (Chernoff bound): the suspect's top-k probability on green tokens;
+    - green mass shift (Chernoff bound, needs `reference`, a model with our tokenizer that
+      never saw our outputs): how much more probability the suspect puts on green tokens than
+      the reference does, over both models' top-k candidates. A suspect fine-tuned from a base
+      moves away from it towards the green tokens of the text it learned from; the closer the
+      reference is to the suspect's starting point (the public base it was fine-tuned from,
+      ideally), the less of the suspect's own language the statistic has to see through.
     """
     _check_scheme(config)
     if not keys:
         raise InputError("no keys to test")
-    vocab = int(model.config.vocab_size)
-    if config.vocab_size is not None and vocab < config.vocab_size:
-        raise InputError(
-            f"the suspect's vocabulary has {vocab} entries, the scheme's {config.vocab_size}: "
-            "it does not share our tokenizer, so its predictions cannot be scored"
-        )
-    predictions, pairs = _predict(
-        model, documents, config, max_contexts=max_contexts, top_k=top_k, batch_size=batch_size
+    for candidate, role in ((model, "suspect"), (reference, "reference")):
+        if candidate is None:
+            continue
+        vocab = int(candidate.config.vocab_size)
+        if config.vocab_size is not None and vocab < config.vocab_size:
+            raise InputError(
+                f"the {role}'s vocabulary has {vocab} entries, the scheme's "
+                f"{config.vocab_size}: it does not share our tokenizer, so its predictions "
+                "cannot be scored"
+            )
+    readings = _read(
+        model,
+        reference,
+        documents,
+        config,
+        max_contexts=max_contexts,
+        top_k=top_k,
+        batch_size=batch_size,
     )
-    # top-1: one tuple per distinct (context, predicted token); distinct tokens after the same
-    # context have independent hash values, so each is its own Bernoulli(gamma) under the null
+    if readings.top1.size == 0:
+        raise InputError("nothing to score: every prediction copies a tuple of its input")
+    # distinct tokens after the same context have independent hash values, so each distinct
+    # (context, token) tuple is its own Bernoulli(gamma) under the null
     top1 = _binomial_result(
         "open-weights",
         "top-1 green",
         keys,
-        (pairs >> np.uint64(32)).astype(np.uint32),
-        (pairs & np.uint64(0xFFFFFFFF)).astype(np.uint32),
-        predictions.positions - pairs.size,
+        (readings.top1 >> np.uint64(32)).astype(np.uint32),
+        (readings.top1 & np.uint64(0xFFFFFFFF)).astype(np.uint32),
+        readings.contexts - readings.top1.size,
         config,
     )
-    # mass: one term per distinct context (the same context shares its green list)
-    mass = _mass_result(keys, predictions, predictions.positions - predictions.digests.size, config)
-    return top1, mass
+    mass = _weighted_result(
+        "green mass", keys, readings.candidates, readings.suspect_mass, readings, config
+    )
+    shift = (
+        _weighted_result(
+            "green mass shift", keys, readings.candidates, readings.shift, readings, config
+        )
+        if readings.shift is not None
+        else None
+    )
+    return OpenWeightsResults(top1=top1, mass=mass, shift=shift)
 
 
-def _mass_result(
-    keys: Sequence[WatermarkKey], predictions: _Predictions, dropped: int, config: SchemeConfig
+def _weighted_result(
+    statistic: str,
+    keys: Sequence[WatermarkKey],
+    candidates: npt.NDArray[np.uint64],
+    weights: npt.NDArray[np.float64],
+    readings: _Readings,
+    config: SchemeConfig,
 ) -> RadioactivityResult:
-    """Sum over contexts of the top-k probability mass on green tokens, against gamma.
+    """S = sum of w * X over distinct (context, token) tuples, against gamma * sum of w.
 
-    Under the null S = sum of w * X over independent X ~ Bernoulli(gamma), with weights w the
-    suspect's top-k probabilities. The p-value is the Chernoff bound
+    Under the null the X are independent Bernoulli(gamma) and the weights w (summed over the
+    positions where a tuple was a candidate) are functions of the models and the texts only.
+    The p-value is the Chernoff bound
     P(S >= s) <= min over lambda > 0 of exp(-lambda s) prod(1 - gamma + gamma exp(lambda w)),
-    a valid upper bound on the exact tail (tight to within a small factor in practice).
+    valid for weights of either sign and a little conservative.
     """
     gamma = config.effective_gamma
-    contexts, k = predictions.top_tokens.shape
-    digests = np.repeat(predictions.digests, k)
-    tokens = predictions.top_tokens.reshape(-1)
-    weights = predictions.top_probabilities.reshape(-1)
+    digests = (candidates >> np.uint64(32)).astype(np.uint32)
+    tokens = (candidates & np.uint64(0xFFFFFFFF)).astype(np.uint32)
     words = key_word_array(list(keys))
     threshold = np.uint32(config.green_threshold)
     chunk = max(1, _CELLS_PER_CHUNK // max(tokens.size, 1))
@@ -368,17 +482,17 @@ def _mass_result(
     for first in range(0, len(keys), chunk):
         block = words[first : first + chunk, None, :]
         green = hashing.keyed_uniform(block, digests, tokens) < threshold
-        masses = (green * weights[None, :]).sum(axis=1)
-        for key, mass in zip(keys[first : first + chunk], masses.tolist(), strict=True):
-            log10_p = _chernoff_log10(float(mass), weights, gamma)
+        scores = green.astype(np.float64) @ weights
+        for key, score in zip(keys[first : first + chunk], scores.tolist(), strict=True):
+            log10_p = _chernoff_log10(float(score), weights, gamma)
             detections.append(
                 Detection(
                     key_id=key.key_id,
                     tenant=key.tenant,
                     scheme=config.scheme,
                     fingerprint=config.fingerprint,
-                    scored_tokens=contexts,
-                    score=float(mass),
+                    scored_tokens=int(tokens.size),
+                    score=float(score),
                     expected_score=expected,
                     p_value=10.0**log10_p,
                     log10_p=log10_p,
@@ -387,9 +501,9 @@ def _mass_result(
             )
     return RadioactivityResult(
         mode="open-weights",
-        statistic="green mass",
-        scored=contexts,
-        dropped=dropped,
+        statistic=statistic,
+        scored=readings.contexts,
+        dropped=readings.copied_top1,
         detections=tuple(detections),
         attribution=attribute_detections(detections),
         exact=False,
@@ -397,20 +511,26 @@ def _mass_result(
 
 
 def _chernoff_log10(observed: float, weights: npt.NDArray[np.float64], gamma: float) -> float:
-    """log10 of the Chernoff bound on P(sum w X >= observed), X ~ Bernoulli(gamma) i.i.d."""
+    """log10 of the Chernoff bound on P(sum w X >= observed), X ~ Bernoulli(gamma) i.i.d.
+
+    Weights may be negative. They are scaled to a largest magnitude of 1 first (the bound does
+    not change), so that the search for lambda works at any scale."""
     from scipy.optimize import minimize_scalar
 
-    if observed <= gamma * float(weights.sum()):
+    scale = float(np.abs(weights).max()) if weights.size else 0.0
+    if scale == 0.0 or observed <= gamma * float(weights.sum()):
         return 0.0
+    weights = weights / scale
+    observed = observed / scale
+    log_keep, log_green = math.log(1 - gamma), math.log(gamma)
 
     def log_bound(lam: float) -> float:
-        # log(1 - g + g e^{lw}) computed stably as lw + log(g + (1 - g) e^{-lw})
-        scaled = lam * weights
-        terms = scaled + np.log(gamma + (1 - gamma) * np.exp(-scaled))
+        # log(1 - g + g e^{lw}), stably for either sign of w
+        terms = np.logaddexp(log_keep, log_green + lam * weights)
         return float(terms.sum()) - lam * observed
 
     upper = 1.0
-    while log_bound(upper * 2) < log_bound(upper) and upper < 1e6:
+    while log_bound(upper * 2) < log_bound(upper) and upper < 1e9:
         upper *= 2
     best = minimize_scalar(log_bound, bounds=(0.0, upper * 2), method="bounded")
     return min(0.0, float(best.fun)) / math.log(10)
