@@ -51,6 +51,11 @@ def test_the_report_carries_every_section_and_validates(
     audited: tuple[Path, dict[str, Any]],
 ) -> None:
     home, audit = audited
+    statistics = [result["statistic"] for result in audit["results"]]
+    assert statistics == ["green mass shift", "top-1 green", "green mass"]  # shift leads
+    # the suspect is its own reference here: nothing moved, so nothing to see
+    assert all(key["log10_p"] == 0.0 for key in audit["results"][0]["keys"])
+    assert [result["statistic"] for result in audit["controls"]] == ["top-1 green", "green mass"]
     report = build_report(audit, home)
     jsonschema.validate(report, load_schema())
     assert report["audit_chain"]["ok"] and report["audit_chain"]["records"] == 16

@@ -52,6 +52,24 @@ def test_models_chat_and_completions(live: LiveServer) -> None:
     assert text.object == "text_completion" and text.choices[0].finish_reason in ("stop", "length")
 
 
+def test_ignore_eos_runs_every_completion_to_max_tokens(live: LiveServer) -> None:
+    api = client(live)
+    for seed in range(4):
+        text = api.completions.create(
+            model=live.harness.model,
+            prompt="The module",
+            max_tokens=24,
+            seed=seed,
+            extra_body={"ignore_eos": True},  # vLLM's extension
+        )
+        assert text.choices[0].finish_reason == "length"
+        assert text.usage is not None and text.usage.completion_tokens == 24
+    with pytest.raises(openai.BadRequestError, match="ignore_eos"):
+        api.completions.create(
+            model=live.harness.model, prompt="The", max_tokens=2, extra_body={"ignore_eos": "yes"}
+        )
+
+
 def test_logprobs_in_both_apis(live: LiveServer) -> None:
     api = client(live)
     chat = api.chat.completions.create(

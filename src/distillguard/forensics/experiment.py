@@ -77,6 +77,9 @@ class StudentConfig:
 class ExperimentConfig:
     harvest_queries: int = 2000
     harvest_max_tokens: int = 128
+    # ask for full-length completions (vLLM's ignore_eos), as a harvester maximizing tokens
+    # per query does; the embedded model otherwise ends most paragraphs within 20 tokens
+    harvest_ignore_eos: bool = False
     prompt_words: int = 12
     audit_queries: int = 2000  # black-box budget
     audit_max_tokens: int = 64
@@ -157,6 +160,7 @@ def harvest(
                 engine.model_name,
                 list(prompts),
                 config.harvest_max_tokens,
+                config.harvest_ignore_eos,
                 concurrency,
                 progress,
                 tick,
@@ -184,6 +188,7 @@ async def _send_all(
     model: str,
     prompts: list[str],
     max_tokens: int,
+    ignore_eos: bool,
     concurrency: int,
     progress: Progress | None,
     tick: Callable[[], None] | None = None,
@@ -200,7 +205,12 @@ async def _send_all(
             async with limit:
                 response = await client.post(
                     "/v1/completions",
-                    json={"model": model, "prompt": prompt, "max_tokens": max_tokens},
+                    json={
+                        "model": model,
+                        "prompt": prompt,
+                        "max_tokens": max_tokens,
+                        "ignore_eos": ignore_eos,
+                    },
                     headers={"authorization": f"Bearer {api_key}"},
                     timeout=600,
                 )

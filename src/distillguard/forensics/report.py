@@ -93,8 +93,12 @@ def build_report(
                 "tokenizer; each (context, token) tuple scored once; tuples whose context occurs "
                 "in the query's prompt dropped. Open weights: our logged outputs teacher-forced "
                 "through the suspect; its top-1 prediction scored per distinct (context, "
-                "prediction) pair. P-values: exact binomial upper tails (the green-mass line: "
-                "a Chernoff bound). Attribution: Holm-Bonferroni over every tenant tested."
+                "prediction) pair; the probability mass it puts on green tokens; and, with a "
+                "reference model, how much more mass it puts on green tokens than the "
+                "reference (the green mass shift). Predictions that copy a tuple from the "
+                "model's input are not scored. P-values: exact binomial upper tails (the two "
+                "mass lines: Chernoff bounds, valid and a little conservative). Attribution: "
+                "Holm-Bonferroni over every tenant tested."
             ),
         },
         "attribution": {

@@ -32,6 +32,7 @@ _COMMON: dict[str, Any] = {
     "stream": {"type": "boolean"},
     "stream_options": {"type": "object", "properties": {"include_usage": {"type": "boolean"}}},
     "user": {"type": "string"},
+    "ignore_eos": {"type": "boolean"},  # vLLM's extension
 }
 
 

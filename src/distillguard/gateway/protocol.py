@@ -71,6 +71,7 @@ class ParsedRequest:
     include_usage: bool
     user: str | None
     chat: bool
+    ignore_eos: bool = False  # vLLM's extension: run to max_tokens past end-of-sequence
     turns: int = 1  # user messages in a chat request (1 for completions): the monitor reads it
     last_user: str = ""  # the last user message, or the prompt text; what the monitor reads
 
@@ -85,6 +86,7 @@ class ParsedRequest:
                 seed=self.seed,
                 logprobs=self.logprobs,
                 top_logprobs=self.top_logprobs,
+                ignore_eos=self.ignore_eos,
             )
         except InputError as exc:
             raise ApiError(400, str(exc), param=_param_of(str(exc))) from None
@@ -219,6 +221,7 @@ def parse_body(body: dict[str, Any], *, chat: bool, render_chat: Any) -> ParsedR
         include_usage=bool(stream_options.get("include_usage", False)),
         user=_field(body, "safety_identifier", str) or _field(body, "user", str),
         chat=chat,
+        ignore_eos=bool(_field(body, "ignore_eos", bool, False)),
         turns=turns,
         last_user=last_user,
     )
