@@ -13,6 +13,7 @@ unwatermarked predictions, alone and as a shift from the base), and watermarked 
 prompts to a clean student.
 
     .venv/bin/python benchmarks/radioactivity.py [--json] [--harvest 5000] [--clean-seeds 5]
+        [--full-length] [--train-tokens 500000] [--only 0.05 --seeds 3]
 """
 
 from __future__ import annotations
@@ -39,7 +40,11 @@ from distillguard.forensics.experiment import (
     sample,
     train_student,
 )
-from distillguard.forensics.radioactivity import black_box_test, open_weights_test
+from distillguard.forensics.radioactivity import (
+    black_box_focused_test,
+    black_box_test,
+    open_weights_test,
+)
 
 CONTAMINATIONS = (1.0, 0.2, 0.05, 0.01, 0.0)
 
@@ -60,6 +65,14 @@ def main() -> int:
         help="explore one contamination level (e.g. 0.05) over --seeds students; no controls",
     )
     parser.add_argument("--seeds", type=int, default=3, help="students per level with --only")
+    parser.add_argument(
+        "--train-tokens", type=int, default=None, help="fine-tuning tokens per student (500k)"
+    )
+    parser.add_argument(
+        "--full-length",
+        action="store_true",
+        help="the harvester asks for full-length completions (ignore_eos)",
+    )
     args = parser.parse_args()
 
     def log(message: str) -> None:
@@ -70,6 +83,8 @@ def main() -> int:
     config = ExperimentConfig()
     if args.audit_max_tokens is not None:
         config = replace(config, audit_max_tokens=args.audit_max_tokens)
+    if args.full_length:
+        config = replace(config, harvest_ignore_eos=True)
     corpus = build_corpus()
     rng = np.random.default_rng(0)
     order = rng.permutation(len(corpus.train))[: args.harvest]
@@ -82,7 +97,10 @@ def main() -> int:
     shakespeare = (data_dir() / "karpathy_char-rnn__input.txt").read_text().split("\n\n")
     clean = run.encode(list(corpus.validation) + shakespeare)
     vocab, eos = int(run.scheme.vocab_size or 0), int(run.tokenizer.eos_token_id)
+    teacher = load_model(None).model.float()
     student = StudentConfig()
+    if args.train_tokens is not None:
+        student = replace(student, train_tokens=args.train_tokens)
     base = pretrain_base(clean, student, vocab_size=vocab, end_of_text=eos)
     log(f"base pretrained ({student.base_tokens:,} clean tokens)")
     harvester = run.harvester.key_id
@@ -102,19 +120,24 @@ def main() -> int:
             end_of_text=eos,
             base=base,
         )
-        audit = audit_student(model, run, config, reference=base, seed=seed)
+        audit = audit_student(model, run, config, reference=base, teacher=teacher, seed=seed)
         students[f"{contamination}-{seed}"] = model
-        shift = audit.shift
-        assert shift is not None  # audited with a reference
+        shift, focused = audit.shift, audit.focused
+        assert shift is not None and focused is not None  # audited with teacher and reference
         row = {
             "contamination": contamination,
             "seed": seed,
-            "closed_log10_p": audit.black_box.for_key(harvester).log10_p,
-            "closed_green": audit.black_box.for_key(harvester).score,
-            "closed_scored": audit.black_box.scored,
-            "closed_best": audit.black_box.attribution.best.tenant,
-            "closed_min_log10_p_any_key": min(d.log10_p for d in audit.black_box.detections),
-            "closed_corrected_log10_p": audit.black_box.attribution.ranking[0].adjusted_log10_p,
+            # black-box: the focused test (tuples the teacher explains better than the base)
+            "closed_log10_p": focused.for_key(harvester).log10_p,
+            "closed_green": focused.for_key(harvester).score,
+            "closed_scored": focused.scored,
+            "closed_best": focused.attribution.best.tenant,
+            "closed_min_log10_p_any_key": min(d.log10_p for d in focused.detections),
+            "closed_corrected_log10_p": focused.attribution.ranking[0].adjusted_log10_p,
+            "plain_log10_p": audit.black_box.for_key(harvester).log10_p,
+            "plain_scored": audit.black_box.scored,
+            "plain_best": audit.black_box.attribution.best.tenant,
+            "plain_min_log10_p_any_key": min(d.log10_p for d in audit.black_box.detections),
             # open weights: the shift from the clean base the students were fine-tuned from
             "open_log10_p": shift.for_key(harvester).log10_p,
             "open_scored": shift.scored,
@@ -139,10 +162,15 @@ def main() -> int:
     if args.only is not None:
         print(json.dumps({"rows": rows, "audit_max_tokens": config.audit_max_tokens}, indent=2))
         return 0
+    setup = {
+        "harvest_full_length": config.harvest_ignore_eos,
+        "harvest_output_tokens": sum(len(ids) for ids in run.encode(run.outputs)),
+        "train_tokens": student.train_tokens,
+        "audit_max_tokens": config.audit_max_tokens,
+    }
 
-    # controls: the teacher's own predictions, and watermarked prompts sent to a clean student
-    teacher = load_model(None).model
-    # the teacher's own (unwatermarked) predictions, alone and as a shift from the base
+    # controls: the teacher's own (unwatermarked) predictions and samples, and watermarked
+    # prompts sent to a clean student, each also with the base as the reference
     teacher_open = open_weights_test(
         teacher,
         run.scheme,
@@ -156,19 +184,34 @@ def main() -> int:
     teacher_prompts = run.encode(run.prompts)[: config.audit_queries]
     teacher_outputs = sample(teacher, teacher_prompts, config.audit_max_tokens)
     teacher_closed = black_box_test(run.scheme, run.keys, teacher_prompts, teacher_outputs)
+    teacher_focused = black_box_focused_test(
+        run.scheme, run.keys, teacher_prompts, teacher_outputs, teacher, base
+    )
     watermarked_prompts = [ids[-48:] for ids in run.encode(run.outputs)][: config.audit_queries]
     clean_student = students["0.0-0"]
     echo_outputs = sample(clean_student, watermarked_prompts, config.audit_max_tokens)
     echo = black_box_test(run.scheme, run.keys, watermarked_prompts, echo_outputs)
+    echo_focused = black_box_focused_test(
+        run.scheme, run.keys, watermarked_prompts, echo_outputs, teacher, base
+    )
     controls = {
         "teacher_open_min_log10_p": min(d.log10_p for d in teacher_top1.detections),
         "teacher_shift_min_log10_p": min(d.log10_p for d in teacher_shift.detections),
         "teacher_closed_min_log10_p": min(d.log10_p for d in teacher_closed.detections),
+        "teacher_focused_min_log10_p": min(d.log10_p for d in teacher_focused.detections),
         "watermarked_prompts_min_log10_p": min(d.log10_p for d in echo.detections),
+        "watermarked_prompts_focused_min_log10_p": min(d.log10_p for d in echo_focused.detections),
     }
     corrected_controls = [
         result.attribution.ranking[0].adjusted_log10_p
-        for result in (teacher_top1, teacher_shift, teacher_closed, echo)
+        for result in (
+            teacher_top1,
+            teacher_shift,
+            teacher_closed,
+            teacher_focused,
+            echo,
+            echo_focused,
+        )
     ]
     clean_rows = [row for row in rows if row["contamination"] == 0.0]
     # what an audit reports is the best tenant's p corrected for the 100 tenants tested (Holm);
@@ -182,6 +225,7 @@ def main() -> int:
         [r["closed_min_log10_p_any_key"] for r in clean_rows]
         + [r["open_min_log10_p_any_key"] for r in clean_rows]
         + [r["top1_min_log10_p_any_key"] for r in clean_rows]
+        + [r["plain_min_log10_p_any_key"] for r in clean_rows]
         + list(controls.values())
     )
 
@@ -208,12 +252,15 @@ def main() -> int:
         "open_log10_p_5": at(0.05, "open_log10_p"),
         "open_top1_p_5": 10 ** at(0.05, "top1_log10_p"),
         "open_statistic": "green mass shift from the clean base (Chernoff bound)",
+        "closed_plain_p_5": 10 ** at(0.05, "plain_log10_p"),
+        "closed_statistic": "green tuples the teacher explains better than the base (exact)",
         "null_min_p": 10**null_min,
         "null_min_p_uncorrected": 10**null_min_raw,
         "attribution_correct": all(attributed),
         "tenants": config.tenants,
         "context_width": run.scheme.context_width,
         "harvest_completions": len(run.outputs),
+        **setup,
         "rows": rows,
         "controls": controls,
         "seconds": time.perf_counter() - started,
@@ -230,7 +277,8 @@ def main() -> int:
         [
             (
                 f"{r['contamination']:.0%} seed {r['seed']}",
-                f"black-box {r['closed_log10_p']:8.2f} [{r['closed_best']}]   "
+                f"black-box focused {r['closed_log10_p']:7.2f} [{r['closed_best']}]  "
+                f"plain {r['plain_log10_p']:7.2f}   "
                 f"open shift {r['open_log10_p']:8.2f} [{r['open_best']}]   "
                 f"top-1 {r['top1_log10_p']:7.2f}   mass {r['mass_log10_p']:7.2f}   "
                 f"by queries {r['closed_by_queries']}",

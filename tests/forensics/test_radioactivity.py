@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 from distillguard.errors import InputError, SchemeError
 from distillguard.forensics.radioactivity import (
     _chernoff_log10,
+    black_box_focused_test,
     black_box_test,
     open_weights_test,
 )
@@ -83,6 +85,83 @@ def test_black_box_p_values_are_calibrated_on_clean_outputs() -> None:
         p_values.append(black_box_test(CONFIG, KEYS[:1], prompts, outputs).detections[0].p_value)
     share = float(np.mean(np.asarray(p_values) <= 0.05))
     assert share <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / 200)
+
+
+class _Bigram(torch.nn.Module):  # type: ignore[misc]
+    """A model whose next-token logits depend on the last token only."""
+
+    def __init__(self, logits: Any) -> None:
+        super().__init__()
+        self.logits = logits
+        self.config = type("C", (), {"n_positions": 64, "vocab_size": VOCAB})()
+
+    def forward(self, input_ids: Any, attention_mask: Any = None) -> Any:
+        return type("Out", (), {"logits": self.logits[input_ids]})()
+
+
+def test_focusing_on_what_our_model_explains_finds_a_diluted_learned_watermark() -> None:
+    rng = np.random.default_rng(10)
+    # our model favours 16 tokens after each token; the reference knows nothing of them
+    favoured = [rng.choice(VOCAB, 16, replace=False) for _ in range(VOCAB)]
+    ours = torch.zeros(VOCAB, VOCAB)
+    for previous, tokens in enumerate(favoured):
+        ours[previous, torch.from_numpy(tokens)] = 4.0
+    reference = _Bigram(torch.zeros(VOCAB, VOCAB))
+    # the suspect writes at random, and 1 token in 8 it learned from us: a favoured token,
+    # green under key "a" twice as often as chance
+    outputs = []
+    for _ in range(300):
+        tokens = [int(rng.integers(VOCAB))]
+        for _ in range(40):
+            if rng.random() < 0.125:
+                pool = favoured[tokens[-1]]
+                green = pool[green_mask(KEYS[0], tokens[-1])[pool]]
+                choice = (
+                    rng.choice(green) if rng.random() < 0.5 and green.size else rng.choice(pool)
+                )
+            else:
+                choice = rng.integers(VOCAB)
+            tokens.append(int(choice))
+        outputs.append(tokens[1:])
+    prompts = [[int(rng.integers(VOCAB))] for _ in outputs]
+    plain = black_box_test(CONFIG, KEYS, prompts, outputs)
+    focused = black_box_focused_test(CONFIG, KEYS, prompts, outputs, _Bigram(ours), reference)
+    assert focused.attribution.best.tenant == "a"
+    assert focused.for_key(KEYS[0].key_id).log10_p < -6
+    assert focused.for_key(KEYS[0].key_id).log10_p < plain.for_key(KEYS[0].key_id).log10_p - 3
+    assert focused.scored < plain.scored and focused.exact
+    for other in KEYS[1:]:
+        assert focused.for_key(other.key_id).log10_p > -3
+
+
+def test_focused_p_values_are_calibrated_on_clean_outputs() -> None:
+    rng = np.random.default_rng(11)
+    ours = _Bigram(torch.randn(VOCAB, VOCAB, generator=torch.Generator().manual_seed(1)) * 2)
+    reference = _Bigram(torch.randn(VOCAB, VOCAB, generator=torch.Generator().manual_seed(2)))
+    p_values = []
+    for _ in range(150):
+        prompts = [list(rng.integers(0, VOCAB, 4)) for _ in range(5)]
+        outputs = [list(rng.integers(0, VOCAB, 40)) for _ in range(5)]
+        result = black_box_focused_test(CONFIG, KEYS[:1], prompts, outputs, ours, reference)
+        p_values.append(result.detections[0].p_value)
+    share = float(np.mean(np.asarray(p_values) <= 0.05))
+    assert share <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / 150)
+
+
+def test_an_echoed_watermarked_prompt_does_not_fool_the_focused_test() -> None:
+    rng = np.random.default_rng(12)
+    watermarked = [biased_text(rng, 60, 1.0, 7) for _ in range(30)]
+    outputs = [p[30:] + list(rng.integers(0, VOCAB, 30)) for p in watermarked]
+    # our model knows the watermarked text perfectly: the echo is what it explains best
+    ours = torch.zeros(VOCAB, VOCAB)
+    for text in watermarked:
+        for previous, token in itertools.pairwise(text):
+            ours[previous, token] = 6.0
+    focused = black_box_focused_test(
+        CONFIG, KEYS, watermarked, outputs, _Bigram(ours), _Bigram(torch.zeros(VOCAB, VOCAB))
+    )
+    assert focused.dropped > 0
+    assert focused.for_key(KEYS[0].key_id).log10_p > -3
 
 
 class _Suspect(torch.nn.Module):  # type: ignore[misc]

@@ -8,8 +8,8 @@
    tokens comes from the harvest. The clean text is held-out prose from the teacher's corpus and
    a human text file (tinyshakespeare).
 3. Each student is audited both ways:
-   - black-box, served unwatermarked behind a gateway and queried with the harvester's logged
-     prompts;
+   - black-box, sampled unwatermarked with the harvester's logged prompts; the focused test
+     scores only the tuples the teacher explains better than the clean base;
    - open weights, teacher-forced on the harvester's logged outputs, with the clean base as
      the reference of the shift test.
 
@@ -33,6 +33,7 @@ import numpy as np
 
 from distillguard.forensics.radioactivity import (
     RadioactivityResult,
+    black_box_focused_test,
     black_box_test,
     open_weights_test,
 )
@@ -352,10 +353,11 @@ def _stream(
 @dataclass(frozen=True)
 class StudentAudit:
     black_box: RadioactivityResult
+    focused: RadioactivityResult | None  # black-box, focused by the teacher and the reference
     top1: RadioactivityResult
     mass: RadioactivityResult
     shift: RadioactivityResult | None  # against the reference, when one was given
-    black_box_by_queries: dict[int, float]  # queries -> harvester's log10 p
+    black_box_by_queries: dict[int, float]  # queries -> harvester's log10 p (focused if run)
     open_by_contexts: dict[int, float]  # contexts -> harvester's log10 p (shift, else top-1)
     seconds: float
 
@@ -366,22 +368,39 @@ def audit_student(
     config: ExperimentConfig,
     *,
     reference: Any = None,
+    teacher: Any = None,
     prompts: Sequence[str] | None = None,
     seed: int = 0,
 ) -> StudentAudit:
     """Both audits of one suspect model, with p-values at growing budgets. `reference` (the
-    clean base the students were fine-tuned from) anchors the open-weights shift test."""
+    clean base the students were fine-tuned from) anchors the open-weights shift test and,
+    with `teacher` (the served model's weights), the focused black-box test."""
     started = time.perf_counter()
     prompt_texts = list(prompts if prompts is not None else run.prompts)[: config.audit_queries]
     prompt_ids = run.encode(prompt_texts)
     outputs = sample(model, prompt_ids, config.audit_max_tokens, seed=seed)
     black_box = black_box_test(run.scheme, run.keys, prompt_ids, outputs)
+    focused = None
+    if teacher is not None and reference is not None:
+        focused = black_box_focused_test(
+            run.scheme, run.keys, prompt_ids, outputs, teacher, reference
+        )
     by_queries = {}
     for budget in (250, 500, 1000, 2000):
         if budget <= len(prompt_ids):
-            partial = black_box_test(
-                run.scheme, run.keys[:1], prompt_ids[:budget], outputs[:budget]
-            )
+            if focused is not None:
+                partial = black_box_focused_test(
+                    run.scheme,
+                    run.keys[:1],
+                    prompt_ids[:budget],
+                    outputs[:budget],
+                    teacher,
+                    reference,
+                )
+            else:
+                partial = black_box_test(
+                    run.scheme, run.keys[:1], prompt_ids[:budget], outputs[:budget]
+                )
             by_queries[budget] = partial.detections[0].log10_p
     documents = [
         p + o for p, o in zip(run.encode(run.prompts), run.encode(run.outputs), strict=True)
@@ -409,6 +428,7 @@ def audit_student(
     by_contexts[config.open_contexts] = open_weights.all()[0].detections[0].log10_p
     return StudentAudit(
         black_box,
+        focused,
         open_weights.top1,
         open_weights.mass,
         open_weights.shift,

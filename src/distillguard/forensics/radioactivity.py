@@ -51,6 +51,7 @@ from distillguard.watermark.scheme import Scheme, SchemeConfig, Seeding
 __all__ = [
     "OpenWeightsResults",
     "RadioactivityResult",
+    "black_box_focused_test",
     "black_box_test",
     "open_weights_test",
 ]
@@ -225,6 +226,131 @@ def black_box_test(
         filtered + int(packed.size - kept.size),
         config,
     )
+
+
+def black_box_focused_test(
+    config: SchemeConfig,
+    keys: Sequence[WatermarkKey],
+    prompts: Sequence[Sequence[int]],
+    outputs: Sequence[Sequence[int]],
+    ours: Any,
+    reference: Any,
+    *,
+    batch_size: int = 16,
+) -> RadioactivityResult:
+    """The black-box tuples that our model explains better than the reference does.
+
+    The suspect's outputs are filtered and deduplicated as in `black_box_test`. Then only the
+    tuples whose token our own model (the served model, without its watermark) finds more
+    likely than the reference does, given the same prompt and output so far, are scored. A
+    suspect that learned from our outputs writes such tuples when it draws on what it learned
+    from us, and those are the tuples that carry the watermark; where the reference (best,
+    the model the suspect was fine-tuned from) explains the token at least as well, the token
+    says little. Under the null the suspect's outputs and both models are independent of the
+    key, so the selection is too: the kept tuples are still independent Bernoulli(gamma), and
+    the p-value is the exact binomial tail.
+    """
+    _check_scheme(config)
+    Detector(config)
+    if len(prompts) != len(outputs):
+        raise InputError("give one output per prompt")
+    if not keys:
+        raise InputError("no keys to test")
+    width = config.context_width
+    for model, role in ((ours, "our model"), (reference, "reference")):
+        vocab = int(model.config.vocab_size)
+        if config.vocab_size is not None and vocab < config.vocab_size:
+            raise InputError(
+                f"the {role}'s vocabulary has {vocab} entries, the scheme's "
+                f"{config.vocab_size}: it does not share our tokenizer"
+            )
+    limit = min(_positions(ours), _positions(reference))
+    # one window per query: the prompt's end and the output, within both models' context
+    windows: list[npt.NDArray[np.uint32]] = []
+    kept: list[npt.NDArray[np.int64]] = []  # per window: positions of the tuples scored
+    seen: set[int] = set()
+    dropped = 0
+    for prompt, output in zip(prompts, outputs, strict=True):
+        prompt_ids = np.asarray(prompt, dtype=np.uint32)
+        output_ids = np.asarray(output, dtype=np.uint32)[: limit - width]
+        room = limit - output_ids.size
+        window = np.concatenate([prompt_ids[max(0, prompt_ids.size - room) :], output_ids])
+        windows.append(window)
+        first = max(window.size - output_ids.size, width)  # outputs tokens with a full context
+        if output_ids.size == 0 or window.size <= first:
+            kept.append(np.zeros(0, dtype=np.int64))
+            continue
+        config.check_token_ids(int(window.max()))
+        digests = _window_digests(window[:-1], width)[first - width :]
+        in_prompt = np.isin(digests, _window_digests(prompt_ids, width))
+        positions = []
+        for offset, (digest, token) in enumerate(
+            zip(digests.tolist(), window[first:].tolist(), strict=True)
+        ):
+            pair = (digest << 32) | token
+            if in_prompt[offset] or pair in seen:
+                dropped += 1
+                continue
+            seen.add(pair)
+            positions.append(first + offset)
+        kept.append(np.asarray(positions, dtype=np.int64))
+    if not seen:
+        raise InputError("nothing to score: the outputs are empty or shorter than the context")
+    ours_logp = _token_log_probabilities(ours, windows, kept, batch_size)
+    reference_logp = _token_log_probabilities(reference, windows, kept, batch_size)
+    packed = []
+    for window, scored, mine, theirs in zip(windows, kept, ours_logp, reference_logp, strict=True):
+        focus = scored[mine > theirs]
+        dropped += int(scored.size - focus.size)
+        digests = _window_digests(window[:-1], width)[focus - width]
+        packed.append(_pack(digests, window[focus]))
+    selected = np.concatenate(packed)
+    return _binomial_result(
+        "black-box",
+        "green tuples, focused",
+        keys,
+        (selected >> np.uint64(32)).astype(np.uint32),
+        (selected & np.uint64(0xFFFFFFFF)).astype(np.uint32),
+        dropped,
+        config,
+    )
+
+
+def _positions(model: Any) -> int:
+    return int(getattr(model.config, "n_positions", 0) or model.config.max_position_embeddings)
+
+
+def _token_log_probabilities(
+    model: Any,
+    windows: Sequence[npt.NDArray[np.uint32]],
+    positions: Sequence[npt.NDArray[np.int64]],
+    batch_size: int,
+) -> list[npt.NDArray[np.float64]]:
+    """log P(window[i] | window[:i]) under the model, for each window's listed positions."""
+    import torch
+
+    found: list[npt.NDArray[np.float64]] = []
+    model.eval()
+    with torch.no_grad():
+        for first in range(0, len(windows), batch_size):
+            batch = windows[first : first + batch_size]
+            longest = max(max(window.size for window in batch), 1)
+            ids = torch.zeros((len(batch), longest), dtype=torch.long)
+            mask = torch.zeros((len(batch), longest), dtype=torch.long)
+            for row, window in enumerate(batch):
+                ids[row, : window.size] = torch.from_numpy(window.astype(np.int64))
+                mask[row, : window.size] = 1
+            logits = model(input_ids=ids, attention_mask=mask).logits.float()
+            log_probabilities = torch.log_softmax(logits, dim=-1)
+            for row, window in enumerate(batch):
+                wanted = torch.from_numpy(positions[first + row])
+                tokens = torch.from_numpy(window.astype(np.int64))[wanted]
+                found.append(
+                    log_probabilities[row, wanted - 1, tokens].double().numpy()
+                    if wanted.numel()
+                    else np.zeros(0)
+                )
+    return found
 
 
 @dataclass(frozen=True)
@@ -443,11 +569,23 @@ def open_weights_test(
         config,
     )
     mass = _weighted_result(
-        "green mass", keys, readings.candidates, readings.suspect_mass, readings, config
+        "green mass",
+        keys,
+        readings.candidates,
+        readings.suspect_mass,
+        readings.contexts,
+        readings.copied_top1,
+        config,
     )
     shift = (
         _weighted_result(
-            "green mass shift", keys, readings.candidates, readings.shift, readings, config
+            "green mass shift",
+            keys,
+            readings.candidates,
+            readings.shift,
+            readings.contexts,
+            readings.copied_top1,
+            config,
         )
         if readings.shift is not None
         else None
@@ -460,7 +598,8 @@ def _weighted_result(
     keys: Sequence[WatermarkKey],
     candidates: npt.NDArray[np.uint64],
     weights: npt.NDArray[np.float64],
-    readings: _Readings,
+    scored: int,
+    dropped: int,
     config: SchemeConfig,
 ) -> RadioactivityResult:
     """S = sum of w * X over distinct (context, token) tuples, against gamma * sum of w.
@@ -502,8 +641,8 @@ def _weighted_result(
     return RadioactivityResult(
         mode="open-weights",
         statistic=statistic,
-        scored=readings.contexts,
-        dropped=readings.copied_top1,
+        scored=scored,
+        dropped=dropped,
         detections=tuple(detections),
         attribution=attribute_detections(detections),
         exact=False,
