@@ -372,6 +372,15 @@ def audit_purge_text(state: _State, older_than_days: float) -> None:
     "in open-weights mode), audited the same way. In open-weights mode it also anchors the "
     "green-mass-shift test: best the public base the suspect was fine-tuned from.",
 )
+@click.option(
+    "--base",
+    "base_weights",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Black-box: a local copy of the model the suspect was fine-tuned from (our "
+    "tokenizer). Adds the focused test: only the tuples our model (the --tokenizer directory, "
+    "default the embedded model) explains better than this base are scored.",
+)
 @click.option("--tenant", default=None, help="Use this tenant's logged traffic (default: all).")
 @click.option(
     "--prompts",
@@ -394,6 +403,7 @@ def audit_suspect(
     suspect_model: str | None,
     weights: Path | None,
     reference: str | None,
+    base_weights: Path | None,
     tenant: str | None,
     prompts_file: Path | None,
     queries: int,
@@ -411,7 +421,10 @@ def audit_suspect(
 
     Black-box (--url, --suspect-model): send it logged prompts (or --prompts), score its
     outputs against every tenant's key; tuples whose context is in the query's prompt are
-    dropped. Open weights (--weights DIR): teacher-force the logged outputs through it and test
+    dropped. With --base DIR (the suspect's base model), the focused test leads: only tuples
+    our model explains better than the base are scored.
+
+    Open weights (--weights DIR): teacher-force the logged outputs through it and test
     whether its top-1 predictions, and its probability mass, favour green tokens; with
     --reference DIR, also whether it moved probability towards green tokens relative to that
     model (the strongest test when the reference is the suspect's base). The suspect's API
@@ -423,11 +436,13 @@ def audit_suspect(
         raise InputError("give either --url (black-box) or --weights (open weights)")
     if url is not None and not suspect_model:
         raise InputError("--suspect-model is required with --url")
+    if base_weights is not None and url is None:
+        raise InputError("--base is for black-box audits (--url); with --weights use --reference")
     if queries < 1 or contexts < 1 or max_tokens < 1:
         raise InputError("--queries, --contexts and --max-tokens must be positive")
+    our_model = tokenizer_path or _embedded_model_dir()
     config, tokenizer = _bound_scheme(
-        _scheme(scheme, gamma, delta, context_width, seeding),
-        tokenizer_path or _embedded_model_dir(),
+        _scheme(scheme, gamma, delta, context_width, seeding), our_model
     )
     result = run_audit(
         state.home,
@@ -438,6 +453,8 @@ def audit_suspect(
         suspect_model=suspect_model,
         weights=weights,
         reference=reference,
+        base=base_weights,
+        our_model=our_model,
         tenant=tenant,
         prompts_file=prompts_file,
         queries=queries,

@@ -140,3 +140,42 @@ def test_the_report_renders_in_headless_chromium(
         timeout=120,
     )
     assert shot.stat().st_size > 10_000
+
+
+def test_a_black_box_audit_with_a_base_leads_with_the_focused_test(
+    audited: tuple[Path, dict[str, Any]], tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import distillguard.forensics.audit as audit_module
+
+    home, _ = audited
+    asked: list[str] = []
+
+    def answer(url: str, model: str, prompts: list[str], **options: Any) -> list[str]:
+        asked.append(url)
+        return [f"{prompt} and then the module returns a value" for prompt in prompts]
+
+    monkeypatch.setattr(audit_module, "query_suspect", answer)
+    monkeypatch.setattr(audit_module, "_first_model", lambda url: "reference")
+    tokenizer, vocab = load_tokenizer(tiny_model_dir)
+    from distillguard.watermark.scheme import SchemeConfig, tokenizer_fingerprint
+
+    scheme = SchemeConfig().bind(vocab, tokenizer_fingerprint(tokenizer))
+    outcome = run_audit(
+        home,
+        scheme,
+        tokenizer,
+        url="http://suspect/v1",
+        suspect_model="theirs",
+        reference="http://reference/v1",
+        base=tiny_model_dir,
+        our_model=tiny_model_dir,
+    )
+    statistics = [result.statistic for result in outcome.results]
+    assert statistics == ["green tuples, focused", "green tuples"]
+    assert [result.statistic for result in outcome.controls] == statistics
+    assert asked == ["http://suspect/v1", "http://reference/v1"]
+    # our model is its own base here: it explains no tuple better, so none is scored
+    focused, plain = outcome.results
+    assert focused.scored == 0 and plain.scored > 0
+    assert all(detection.p_value == 1.0 for detection in focused.detections)
+    assert outcome.to_json()["parameters"]["base"] == str(tiny_model_dir)

@@ -238,6 +238,8 @@ def run_audit(
     suspect_model: str | None = None,
     weights: Path | None = None,
     reference: str | None = None,
+    base: Path | None = None,
+    our_model: Path | None = None,
     tenant: str | None = None,
     prompts_file: Path | None = None,
     queries: int = 2000,
@@ -246,11 +248,18 @@ def run_audit(
     api_key: str | None = None,
     database: str | None = None,
 ) -> AuditOutcome:
-    """Audit a suspect (black-box by URL, or open weights by directory) and its control."""
+    """Audit a suspect (black-box by URL, or open weights by directory) and its control.
+
+    Black-box with `base` (the suspect's base model) and `our_model` (the served model's
+    directory): the focused test leads, the plain one follows."""
     from contextlib import closing
 
     from distillguard.errors import FingerprintMismatchError
-    from distillguard.forensics.radioactivity import black_box_test, open_weights_test
+    from distillguard.forensics.radioactivity import (
+        black_box_focused_test,
+        black_box_test,
+        open_weights_test,
+    )
     from distillguard.monitor.datasets import load_prompts
     from distillguard.store import connect
 
@@ -279,13 +288,25 @@ def run_audit(
         prompts = prompts[:queries]
         parameters |= {"queries": len(prompts), "max_tokens": max_tokens}
         prompt_ids = encode(prompts)
+        focus = None
+        if base is not None:
+            if our_model is None:
+                raise InputError("the focused test needs our model's directory")
+            focus = (load_suspect_weights(our_model), load_suspect_weights(base))
+            parameters |= {"base": str(base), "our_model": str(our_model)}
 
-        def audit_url(base: str, model: str) -> Any:
-            outputs = query_suspect(base, model, prompts, max_tokens=max_tokens, api_key=api_key)
-            return black_box_test(config, keys, prompt_ids, encode(outputs))
+        def audit_url(address: str, model: str) -> list[Any]:
+            outputs = query_suspect(address, model, prompts, max_tokens=max_tokens, api_key=api_key)
+            output_ids = encode(outputs)
+            plain = black_box_test(config, keys, prompt_ids, output_ids)
+            if focus is None:
+                return [plain]
+            ours, base_model = focus
+            focused = black_box_focused_test(config, keys, prompt_ids, output_ids, ours, base_model)
+            return [focused, plain]
 
-        results = [audit_url(url, str(suspect_model))]
-        controls = [audit_url(reference, _first_model(reference))] if reference else []
+        results = audit_url(url, str(suspect_model))
+        controls = audit_url(reference, _first_model(reference)) if reference else []
         return AuditOutcome(
             "black-box", f"{suspect_model} at {url}", reference, results, controls, parameters
         )

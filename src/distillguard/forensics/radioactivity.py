@@ -126,8 +126,12 @@ def _binomial_result(
     tokens: npt.NDArray[np.uint32],
     dropped: int,
     config: SchemeConfig,
+    *,
+    allow_empty: bool = False,
 ) -> RadioactivityResult:
-    if tokens.size == 0:
+    """Exact binomial tails per key. With `allow_empty`, no tuple gives p = 1 for every key
+    (a selection that kept nothing found no evidence) instead of an error."""
+    if tokens.size == 0 and not allow_empty:
         raise InputError("nothing to score: no tuples are left after deduplication and filters")
     gamma = config.effective_gamma
     greens = _green(keys, digests, tokens, config)
@@ -158,7 +162,7 @@ def _binomial_result(
         detections=tuple(detections),
         attribution=attribution,
         exact=True,
-        curve=_curve(best, digests, tokens, config),
+        curve=_curve(best, digests, tokens, config) if tokens.size else (),
     )
 
 
@@ -313,6 +317,7 @@ def black_box_focused_test(
         (selected & np.uint64(0xFFFFFFFF)).astype(np.uint32),
         dropped,
         config,
+        allow_empty=True,
     )
 
 
