@@ -1,19 +1,23 @@
 """Radioactivity: does a student distilled from our watermarked outputs carry the watermark?
 
 The loop (distillguard.forensics.experiment): the embedded model serves behind the gateway, and
-a harvester tenant collects completions (watermarked with its key). A clean base GPT-2 is
-pretrained once on held-out prose and tinyshakespeare. Students fine-tune copies of the base on
-the harvest mixed with clean text at several contamination levels. Each student is audited
-black-box (2,000 queries with the harvester's logged prompts) and with open weights (20,000
-teacher-forced contexts; the headline is the shift of green mass from the clean base), against
-100 tenant keys.
+a harvester tenant collects full-length completions (watermarked with its key). A clean base
+GPT-2 is pretrained once on held-out prose and tinyshakespeare. Students fine-tune copies of the
+base on 2M tokens of the harvest mixed with clean text at several contamination levels. Each
+student is audited against 100 tenant keys:
+- black-box: 2,000 queries with the harvester's logged prompts, 100 tokens each; the headline
+  is the focused test (tuples the teacher explains better than the clean base, exact binomial),
+  the plain test beside it;
+- open weights: 20,000 teacher-forced contexts; the headline is the shift of green mass from
+  the clean base (Chernoff bound), the top-1 and mass tests beside it.
 
 Controls: clean students (contamination 0, several seeds), the teacher itself (its own,
 unwatermarked predictions, alone and as a shift from the base), and watermarked texts sent as
 prompts to a clean student.
 
-    .venv/bin/python benchmarks/radioactivity.py [--json] [--harvest 5000] [--clean-seeds 5]
-        [--full-length] [--train-tokens 500000] [--only 0.05 --seeds 3]
+    .venv/bin/python benchmarks/radioactivity.py [--json] [--harvest 2000] [--clean-seeds 5]
+        [--natural-length] [--train-tokens 2000000] [--audit-max-tokens 100]
+        [--only 0.05 --seeds 3]
 """
 
 from __future__ import annotations
@@ -52,11 +56,11 @@ CONTAMINATIONS = (1.0, 0.2, 0.05, 0.01, 0.0)
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--harvest", type=int, default=5000, help="harvest queries")
+    parser.add_argument("--harvest", type=int, default=2000, help="harvest queries")
     parser.add_argument("--clean-seeds", type=int, default=5)
     parser.add_argument("--save", help="also write the JSON object to this file")
     parser.add_argument(
-        "--audit-max-tokens", type=int, default=None, help="black-box completion length (64)"
+        "--audit-max-tokens", type=int, default=100, help="black-box completion length"
     )
     parser.add_argument(
         "--only",
@@ -66,12 +70,13 @@ def main() -> int:
     )
     parser.add_argument("--seeds", type=int, default=3, help="students per level with --only")
     parser.add_argument(
-        "--train-tokens", type=int, default=None, help="fine-tuning tokens per student (500k)"
+        "--train-tokens", type=int, default=2_000_000, help="fine-tuning tokens per student"
     )
     parser.add_argument(
-        "--full-length",
+        "--natural-length",
         action="store_true",
-        help="the harvester asks for full-length completions (ignore_eos)",
+        help="the harvester takes completions as the model ends them (most within 20 tokens) "
+        "instead of asking for full-length ones (ignore_eos)",
     )
     args = parser.parse_args()
 
@@ -81,10 +86,11 @@ def main() -> int:
 
     started = time.perf_counter()
     config = ExperimentConfig()
-    if args.audit_max_tokens is not None:
-        config = replace(config, audit_max_tokens=args.audit_max_tokens)
-    if args.full_length:
-        config = replace(config, harvest_ignore_eos=True)
+    config = replace(
+        config,
+        audit_max_tokens=args.audit_max_tokens,
+        harvest_ignore_eos=not args.natural_length,
+    )
     corpus = build_corpus()
     rng = np.random.default_rng(0)
     order = rng.permutation(len(corpus.train))[: args.harvest]
@@ -98,9 +104,7 @@ def main() -> int:
     clean = run.encode(list(corpus.validation) + shakespeare)
     vocab, eos = int(run.scheme.vocab_size or 0), int(run.tokenizer.eos_token_id)
     teacher = load_model(None).model.float()
-    student = StudentConfig()
-    if args.train_tokens is not None:
-        student = replace(student, train_tokens=args.train_tokens)
+    student = replace(StudentConfig(), train_tokens=args.train_tokens)
     base = pretrain_base(clean, student, vocab_size=vocab, end_of_text=eos)
     log(f"base pretrained ({student.base_tokens:,} clean tokens)")
     harvester = run.harvester.key_id
