@@ -74,6 +74,7 @@ def test_the_report_carries_every_section_and_validates(
     ):
         assert heading in page
     assert page.count("<svg") == 3
+    assert "Plots: the top-1 green test" in page  # the shift leads, but has no binomial curve
     assert "failed verification" not in page
 
 
@@ -140,6 +141,24 @@ def test_the_report_renders_in_headless_chromium(
         timeout=120,
     )
     assert shot.stat().st_size > 10_000
+    pdf = tmp_path / "report.pdf"
+    subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--no-pdf-header-footer",
+            f"--print-to-pdf={pdf}",
+            page.as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    assert pdf.read_bytes().startswith(b"%PDF") and pdf.stat().st_size > 10_000
 
 
 def test_a_black_box_audit_with_a_base_leads_with_the_focused_test(

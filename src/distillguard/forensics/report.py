@@ -204,6 +204,8 @@ def render_html(report: dict[str, Any]) -> str:
             "report may have been altered; treat every figure below with that in mind.</div>"
         )
     primary = report["results"][0]
+    # the plots need a binomial test (its curve and its null spread): the first exact line
+    plotted = next((r for r in report["results"] if r.get("exact")), primary)
     ranking_rows = "".join(
         f"<tr><td>{e(str(k['tenant']))}</td><td><code>{e(k['key_id'])}</code></td>"
         f"<td>{k['score']:.1f}</td><td>{k['expected']:.1f}</td><td>{_p_text(k['log10_p'])}</td></tr>"
@@ -261,7 +263,8 @@ result at least as strong as the one observed.</p>
 <table><tr><th>tenant</th><th>key id</th><th>score</th><th>expected</th><th>p-value</th></tr>{ranking_rows}</table>
 <h2>Results and controls</h2>
 <table><tr><th>run</th><th>statistic</th><th>scored</th><th>best</th><th>p-value</th><th>corrected</th></tr>{result_rows}</table>
-<div class="plots">{_curve_svg(primary)}{_green_svg(primary)}{_usage_svg(report["account_timeline"]["daily"])}</div>
+<div class="plots">{_curve_svg(plotted)}{_green_svg(plotted)}{_usage_svg(report["account_timeline"]["daily"])}</div>
+<p class="note">Plots: the {e(plotted["statistic"])} test (exact binomial), the first such line above.</p>
 <h2>Methods and parameters</h2>
 <p>{e(report["methods"]["description"])}</p>
 <table>{parameters}</table>
