@@ -123,41 +123,29 @@ def test_the_report_renders_in_headless_chromium(
     home, audit = audited
     page = tmp_path / "report.html"
     page.write_text(render_html(build_report(audit, home)))
+
+    def chromium(*flags: str) -> None:
+        subprocess.run(
+            [
+                browser,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                f"--user-data-dir={tmp_path / 'profile'}",
+                *flags,
+                page.as_uri(),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+
     shot = tmp_path / "shot.png"
-    subprocess.run(
-        [
-            browser,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            f"--user-data-dir={tmp_path / 'profile'}",
-            f"--screenshot={shot}",
-            "--window-size=1200,2000",
-            page.as_uri(),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
+    chromium(f"--screenshot={shot}", "--window-size=1200,2000")
     assert shot.stat().st_size > 10_000
     pdf = tmp_path / "report.pdf"
-    subprocess.run(
-        [
-            browser,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            f"--user-data-dir={tmp_path / 'profile'}",
-            "--no-pdf-header-footer",
-            f"--print-to-pdf={pdf}",
-            page.as_uri(),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
+    chromium("--no-pdf-header-footer", f"--print-to-pdf={pdf}")
     assert pdf.read_bytes().startswith(b"%PDF") and pdf.stat().st_size > 10_000
 
 
