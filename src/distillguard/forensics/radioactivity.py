@@ -185,6 +185,73 @@ def _curve(
     )
 
 
+@dataclass(frozen=True)
+class _KeptTuples:
+    """The suspect's output tuples that a black-box test may score."""
+
+    windows: list[npt.NDArray[np.uint32]]  # per query: the end of the prompt, then the output
+    positions: list[npt.NDArray[np.int64]]  # per query: token positions of the kept tuples
+    packed: npt.NDArray[np.uint64]  # every kept (context digest, token), once each
+    dropped: int  # repeats, and contexts seen in the query's prompt
+
+
+def _kept_tuples(
+    config: SchemeConfig,
+    prompts: Sequence[Sequence[int]],
+    outputs: Sequence[Sequence[int]],
+    limit: int | None = None,
+) -> _KeptTuples:
+    """Each output token with a full context, minus two kinds: a tuple whose context occurs in
+    that query's own prompt (it may be the prompt's watermark echoed back; Sander et al.,
+    facebookresearch/radioactive-watermark), and a tuple seen before (it counts once, at its
+    first occurrence). With `limit`, each window is cut to that many tokens (a model's
+    context): the output to limit - width tokens, the prompt from the left."""
+    if len(prompts) != len(outputs):
+        raise InputError("give one output per prompt")
+    width = config.context_width
+    windows: list[npt.NDArray[np.uint32]] = []
+    candidates: list[npt.NDArray[np.int64]] = []
+    packed_parts: list[npt.NDArray[np.uint64]] = []
+    in_prompt_total = 0
+    for prompt, output in zip(prompts, outputs, strict=True):
+        prompt_ids = np.asarray(prompt, dtype=np.uint32)
+        output_ids = np.asarray(output, dtype=np.uint32)
+        if limit is not None:
+            output_ids = output_ids[: limit - width]
+            prompt_ids_kept = prompt_ids[max(0, prompt_ids.size - (limit - output_ids.size)) :]
+        else:
+            prompt_ids_kept = prompt_ids
+        window = np.concatenate([prompt_ids_kept, output_ids])
+        windows.append(window)
+        first = max(window.size - output_ids.size, width)  # output tokens with a full context
+        if output_ids.size == 0 or window.size <= first:
+            candidates.append(np.zeros(0, dtype=np.int64))
+            packed_parts.append(np.zeros(0, dtype=np.uint64))
+            continue
+        config.check_token_ids(int(window.max()))
+        digests = _window_digests(window[:-1], width)[first - width :]
+        in_prompt = np.isin(digests, _window_digests(prompt_ids, width))
+        in_prompt_total += int(in_prompt.sum())
+        candidates.append(np.flatnonzero(~in_prompt) + first)
+        packed_parts.append(_pack(digests[~in_prompt], window[first:][~in_prompt]))
+    everything = np.concatenate(packed_parts) if packed_parts else np.zeros(0, np.uint64)
+    # keep each tuple's first occurrence, in query order
+    unique, first_index = np.unique(everything, return_index=True)
+    is_first = np.zeros(everything.size, dtype=bool)
+    is_first[first_index] = True
+    positions = []
+    offset = 0
+    for query_candidates in candidates:
+        positions.append(query_candidates[is_first[offset : offset + query_candidates.size]])
+        offset += query_candidates.size
+    return _KeptTuples(
+        windows=windows,
+        positions=positions,
+        packed=unique,
+        dropped=in_prompt_total + int(everything.size - unique.size),
+    )
+
+
 def black_box_test(
     config: SchemeConfig,
     keys: Sequence[WatermarkKey],
@@ -194,40 +261,18 @@ def black_box_test(
     """Score a suspect's outputs (token ids, one per prompt) against every key."""
     _check_scheme(config)
     Detector(config)  # the same checks a detection makes
-    if len(prompts) != len(outputs):
-        raise InputError("give one output per prompt")
     if not keys:
         raise InputError("no keys to test")
-    width = config.context_width
-    packed_parts = []
-    filtered = 0
-    for prompt, output in zip(prompts, outputs, strict=True):
-        if not len(output):
-            continue
-        sequence = np.asarray([*prompt, *output], dtype=np.uint32)
-        config.check_token_ids(int(sequence.max()))
-        first = max(len(prompt), width)  # completion tokens with a full context
-        if sequence.size <= first:
-            continue
-        digests = _window_digests(sequence[:-1], width)[first - width :]
-        # a context that occurs in this query's own prompt may be the prompt's watermark
-        # echoed back: drop it (Sander et al.; facebookresearch/radioactive-watermark)
-        in_prompt = np.isin(digests, _window_digests(np.asarray(prompt, dtype=np.uint32), width))
-        filtered += int(in_prompt.sum())
-        packed_parts.append(_pack(digests[~in_prompt], sequence[first:][~in_prompt]))
-    if not packed_parts:
+    kept = _kept_tuples(config, prompts, outputs)
+    if kept.packed.size == 0:
         raise InputError("nothing to score: the outputs are empty or shorter than the context")
-    packed = np.concatenate(packed_parts)
-    kept = np.unique(packed)
-    digests = (kept >> np.uint64(32)).astype(np.uint32)
-    tokens = (kept & np.uint64(0xFFFFFFFF)).astype(np.uint32)
     return _binomial_result(
         "black-box",
         "green tuples",
         keys,
-        digests,
-        tokens,
-        filtered + int(packed.size - kept.size),
+        (kept.packed >> np.uint64(32)).astype(np.uint32),
+        (kept.packed & np.uint64(0xFFFFFFFF)).astype(np.uint32),
+        kept.dropped,
         config,
     )
 
@@ -256,8 +301,6 @@ def black_box_focused_test(
     """
     _check_scheme(config)
     Detector(config)
-    if len(prompts) != len(outputs):
-        raise InputError("give one output per prompt")
     if not keys:
         raise InputError("no keys to test")
     width = config.context_width
@@ -268,38 +311,11 @@ def black_box_focused_test(
                 f"the {role}'s vocabulary has {vocab} entries, the scheme's "
                 f"{config.vocab_size}: it does not share our tokenizer"
             )
-    limit = min(_positions(ours), _positions(reference))
-    # one window per query: the prompt's end and the output, within both models' context
-    windows: list[npt.NDArray[np.uint32]] = []
-    kept: list[npt.NDArray[np.int64]] = []  # per window: positions of the tuples scored
-    seen: set[int] = set()
-    dropped = 0
-    for prompt, output in zip(prompts, outputs, strict=True):
-        prompt_ids = np.asarray(prompt, dtype=np.uint32)
-        output_ids = np.asarray(output, dtype=np.uint32)[: limit - width]
-        room = limit - output_ids.size
-        window = np.concatenate([prompt_ids[max(0, prompt_ids.size - room) :], output_ids])
-        windows.append(window)
-        first = max(window.size - output_ids.size, width)  # outputs tokens with a full context
-        if output_ids.size == 0 or window.size <= first:
-            kept.append(np.zeros(0, dtype=np.int64))
-            continue
-        config.check_token_ids(int(window.max()))
-        digests = _window_digests(window[:-1], width)[first - width :]
-        in_prompt = np.isin(digests, _window_digests(prompt_ids, width))
-        positions = []
-        for offset, (digest, token) in enumerate(
-            zip(digests.tolist(), window[first:].tolist(), strict=True)
-        ):
-            pair = (digest << 32) | token
-            if in_prompt[offset] or pair in seen:
-                dropped += 1
-                continue
-            seen.add(pair)
-            positions.append(first + offset)
-        kept.append(np.asarray(positions, dtype=np.int64))
-    if not seen:
+    # the windows fit both models' context
+    found = _kept_tuples(config, prompts, outputs, min(_positions(ours), _positions(reference)))
+    if found.packed.size == 0:
         raise InputError("nothing to score: the outputs are empty or shorter than the context")
+    windows, kept, dropped = found.windows, found.positions, found.dropped
     ours_logp = _token_log_probabilities(ours, windows, kept, batch_size)
     reference_logp = _token_log_probabilities(reference, windows, kept, batch_size)
     packed = []
