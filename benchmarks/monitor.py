@@ -11,7 +11,7 @@ reports on simulations of another, with other seeds:
 
 The monitor (risk model + rings), a rate threshold and PRADA are all fitted on the same fitting
 simulations to at most 0.25% benign flags, then scored on the same held-out traffic. Every
-simulation drives the real gateway in-process (distillguard.monitor.simulate).
+simulation drives the real gateway in-process (distillguard.experiments.simulate).
 
 Cost: the time the gateway's request path spends handing an event to a real, threaded monitor
 (and reading the account's tier), and how many events per second the monitor processes.
@@ -33,8 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from _common import data_dir, print_table
-from distillguard.monitor.datasets import BENIGN_SOURCES, HARVEST_SOURCES, PromptSources
-from distillguard.monitor.evaluate import (
+from distillguard.experiments.evaluate import (
     DetectorRun,
     Metrics,
     PradaBaseline,
@@ -43,9 +42,10 @@ from distillguard.monitor.evaluate import (
     metrics,
     replay_monitor,
 )
+from distillguard.experiments.simulate import Population, Simulation, simulate
+from distillguard.experiments.sources import BENIGN_SOURCES, HARVEST_SOURCES, PromptSources
 from distillguard.monitor.model import RiskModel
 from distillguard.monitor.monitor import Monitor
-from distillguard.monitor.simulate import Population, Simulation, simulate
 
 PROTOCOLS: dict[str, tuple[tuple[tuple[str, ...], tuple[str, ...], int | None, int], ...]] = {
     # name: ((benign, harvest, prompt fold, template fold) to fit, (...) to report)

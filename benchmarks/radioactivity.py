@@ -1,6 +1,6 @@
 """Radioactivity: does a student distilled from our watermarked outputs carry the watermark?
 
-The loop (distillguard.forensics.experiment): the embedded model serves behind the gateway, and
+The loop (distillguard.experiments.distill): the embedded model serves behind the gateway, and
 a harvester tenant collects full-length completions (watermarked with its key). A clean base
 GPT-2 is pretrained once on held-out prose and tinyshakespeare. Students fine-tune copies of the
 base on 2M tokens of the harvest mixed with clean text at several contamination levels. Each
@@ -34,7 +34,7 @@ import numpy as np
 from _common import data_dir, print_table
 from distillguard.engine.corpus import build_corpus
 from distillguard.engine.model import load_model
-from distillguard.forensics.experiment import (
+from distillguard.experiments.distill import (
     ExperimentConfig,
     StudentConfig,
     audit_student,

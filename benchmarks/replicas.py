@@ -357,8 +357,8 @@ def measure_limits(
 
 
 def measure_crash(database: str, redis_url: str, clients: int, seconds: float) -> dict[str, Any]:
-    from distillguard.gateway.audit import verify_chain
     from distillguard.store import connect
+    from distillguard.store.audit import verify_chain
 
     stack = Stack(database, redis_url, "crash")
     try:

@@ -282,8 +282,9 @@ def test_api_keys_create_list_revoke(tmp_path: Path) -> None:
 
 
 def test_audit_verify_reports_a_broken_chain(tmp_path: Path) -> None:
-    from distillguard.gateway.audit import AuditLog, UsageRecord
     from distillguard.store import connect
+    from distillguard.store.audit import AuditLog
+    from distillguard.store.usage import UsageRecord
 
     log = AuditLog(lambda: connect(tmp_path))
     for index in range(3):

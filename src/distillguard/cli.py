@@ -323,7 +323,7 @@ def audit_verify(state: _State) -> None:
     Replicas sharing one database append to one chain (each write takes the database's chain
     lock), so this checks every replica's records in the order they were committed.
     """
-    from distillguard.gateway.audit import verify_chain
+    from distillguard.store.audit import verify_chain
 
     with closing(state.connect()) as connection:
         result = verify_chain(connection)
@@ -347,7 +347,7 @@ def audit_purge_text(state: _State, older_than_days: float) -> None:
     """
     from datetime import UTC, datetime, timedelta
 
-    from distillguard.gateway.audit import purge_text
+    from distillguard.store.usage import purge_text
 
     cutoff = datetime.now(UTC) - timedelta(days=older_than_days)
     stamp = cutoff.isoformat(timespec="microseconds").replace("+00:00", "Z")
@@ -526,7 +526,7 @@ def demo(output: Path, queries: int, data: Path | None) -> None:
 
     About 10 minutes on 2 cores. Ends by printing where the evidence report is.
     """
-    from distillguard.forensics.demo import run_demo
+    from distillguard.experiments.demo import run_demo
 
     if queries < 100:
         raise InputError("--queries must be at least 100")

@@ -15,14 +15,20 @@ OpenAI-format error bodies. The hierarchy::
     │   └── ContextLengthError        prompt + max_tokens exceed the model's context
     ├── EngineError                   generation failed or the engine is closed
     ├── AuditChainError               the audit log's hash chain does not verify
+    ├── AuthenticationError           an API key that is missing, unknown or revoked
+    ├── ApiError                      an answer for an HTTP client, in OpenAI's error format
+    ├── UpstreamError                 the upstream server could not be reached or broke off
     ├── ServiceUnavailableError       a shared service (Redis, PostgreSQL) cannot be reached
+    │   └── LimiterUnavailable        the shared rate limiter cannot decide an admission
     └── MissingDependencyError        an optional extra is not installed
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "ApiError",
     "AuditChainError",
+    "AuthenticationError",
     "ConfigError",
     "ContextLengthError",
     "DistillGuardError",
@@ -30,11 +36,13 @@ __all__ = [
     "FingerprintMismatchError",
     "InputError",
     "KeyNotFoundError",
+    "LimiterUnavailable",
     "MissingDependencyError",
     "ModelLoadError",
     "SchemeError",
     "SecretError",
     "ServiceUnavailableError",
+    "UpstreamError",
     "VocabularyMismatchError",
 ]
 
@@ -107,3 +115,40 @@ def require(module: str, extra: str) -> None:
 
 class ServiceUnavailableError(DistillGuardError):
     """A shared service the gateway depends on (Redis, PostgreSQL) cannot be reached."""
+
+
+class LimiterUnavailable(ServiceUnavailableError):
+    """The shared rate limiter (Redis) cannot decide an admission in time."""
+
+
+class AuthenticationError(DistillGuardError):
+    """An API key that is missing, malformed, unknown or revoked."""
+
+
+class UpstreamError(DistillGuardError):
+    """The upstream server could not be reached or broke the connection."""
+
+
+class ApiError(DistillGuardError):
+    """An error to return to an HTTP client in OpenAI's format.
+
+    The HTTP layer raises it with the status and the body's fields
+    (`{"error": {"message", "type", "param", "code"}}`); library errors are turned into one
+    at that edge.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        kind: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.kind = kind
+        self.param = param
+        self.code = code

@@ -19,8 +19,8 @@ import jsonschema
 from click.testing import CliRunner
 
 from distillguard.cli import main
+from distillguard.experiments.distill import ExperimentConfig, harvest
 from distillguard.forensics.audit import run_audit
-from distillguard.forensics.experiment import ExperimentConfig, harvest
 from distillguard.forensics.report import build_report, load_schema, render_html
 from distillguard.watermark.vocab import load_tokenizer
 

@@ -17,9 +17,9 @@ pytest.importorskip("torch")
 from distillguard.engine.engine import Engine
 from distillguard.gateway.apikeys import KeyStore, create_api_key
 from distillguard.gateway.app import Gateway
-from distillguard.gateway.audit import AuditLog
 from distillguard.keys import derive_tenant_key, init_master_secret, record_commitment
 from distillguard.store import connect
+from distillguard.store.audit import AuditLog
 from distillguard.watermark.key import WatermarkKey
 
 
@@ -131,7 +131,7 @@ def monitored_gateway(
 ) -> tuple[Gateway, AuditLog, str, str]:
     """The gateway in front of the simulator's instant upstream, with a monitor and the admin
     API on; returns (gateway, audit log, API key of tenant acme, its key id)."""
-    from distillguard.monitor.simulate import MODEL, SimulatedUpstream
+    from distillguard.experiments.simulate import MODEL, SimulatedUpstream
 
     connection = connect(home, shared=True)
     key, record = create_api_key(connection, "acme", rpm=rpm, tpm=tpm)

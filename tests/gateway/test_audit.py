@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from distillguard.gateway.audit import AuditLog, UsageRecord, read_usage, verify_chain
 from distillguard.store import Connection, connect
+from distillguard.store.audit import AuditLog, verify_chain
+from distillguard.store.usage import UsageRecord, read_usage
 
 
 def record(index: int) -> UsageRecord:
@@ -121,7 +122,7 @@ def test_writes_continue_the_chain_after_a_restart(database: Callable[[], Connec
 def test_purged_text_keeps_the_chain_verifiable_but_not_forgeable(
     database: Callable[[], Connection],
 ) -> None:
-    from distillguard.gateway.audit import purge_text
+    from distillguard.store.usage import purge_text
 
     connection = database()
     assert purge_text(connection, "2026-11-30T00:00:05Z") == 5

@@ -12,12 +12,12 @@ import httpx
 import pytest
 
 from distillguard.errors import ConfigError
+from distillguard.experiments.simulate import MODEL
 from distillguard.gateway.app import DEFAULT_TIERS, Gateway
-from distillguard.gateway.audit import AuditLog
 from distillguard.gateway.policy import load_policy
 from distillguard.monitor.events import MonitorEvent
 from distillguard.monitor.monitor import Monitor
-from distillguard.monitor.simulate import MODEL
+from distillguard.store.audit import AuditLog
 
 from ..monitor.test_monitor import eager_model
 from .conftest import monitored_gateway

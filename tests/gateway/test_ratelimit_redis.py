@@ -17,24 +17,18 @@ import httpx
 import pytest
 
 from distillguard.engine.engine import Engine
+from distillguard.errors import LimiterUnavailable
 from distillguard.gateway.app import Gateway
-from distillguard.gateway.audit import read_usage
-from distillguard.gateway.ratelimit import (
-    Admission,
-    LimiterUnavailable,
-    Limits,
-    Refusal,
-    Scope,
-    limiter_from_url,
-)
+from distillguard.gateway.ratelimit import Admission, Limits, Refusal, Scope, limiter_from_url
 from distillguard.store import connect
+from distillguard.store.usage import read_usage
 
 from ..conftest import redis_url
 from .conftest import make_harness
 
 pytest.importorskip("redis")
 
-from distillguard.gateway.ratelimit_redis import RedisRateLimiter
+from distillguard.gateway.ratelimit.redis import RedisRateLimiter
 
 
 @pytest.fixture

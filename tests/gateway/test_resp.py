@@ -11,7 +11,7 @@ from ..conftest import redis_url
 
 redis = pytest.importorskip("redis")
 
-from distillguard.gateway.resp import PipelinedRedis  # noqa: E402
+from distillguard.gateway.ratelimit.resp import PipelinedRedis  # noqa: E402
 
 
 def test_concurrent_commands_each_get_their_own_reply() -> None:

@@ -12,10 +12,10 @@ import pytest
 
 from distillguard.gateway.apikeys import KeyStore, create_api_key
 from distillguard.gateway.app import Gateway
-from distillguard.gateway.audit import AuditLog, verify_chain
 from distillguard.gateway.mock import MOCK_MODEL, MOCK_TEXT, mock_upstream_app
 from distillguard.gateway.upstream import Upstream
 from distillguard.store import connect
+from distillguard.store.audit import AuditLog, verify_chain
 
 from .conftest import run_app
 

@@ -19,10 +19,10 @@ from pathlib import Path
 import httpx
 
 from distillguard.gateway.apikeys import create_api_key
-from distillguard.gateway.audit import verify_chain
 from distillguard.gateway.mock import mock_upstream_app
 from distillguard.gateway.server import prepare_home
 from distillguard.store import connect
+from distillguard.store.audit import verify_chain
 
 from ..conftest import redis_url
 from .conftest import run_app

@@ -7,14 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from distillguard.errors import ConfigError
-from distillguard.gateway.apikeys import (
-    AuthenticationError,
-    KeyStore,
-    create_api_key,
-    list_api_keys,
-    revoke_api_key,
-)
+from distillguard.errors import AuthenticationError, ConfigError
+from distillguard.gateway.apikeys import KeyStore, create_api_key, list_api_keys, revoke_api_key
 from distillguard.store import connect, describe
 from distillguard.store.migrations import MIGRATIONS
 

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from distillguard.errors import ConfigError, InputError
-from distillguard.gateway.audit import read_usage
 from distillguard.store.base import Connection
+from distillguard.store.usage import read_usage
 
 __all__ = ["LoggedTraffic", "load_logged", "query_suspect"]
 
@@ -255,12 +255,12 @@ def run_audit(
     from contextlib import closing
 
     from distillguard.errors import FingerprintMismatchError
+    from distillguard.forensics.prompts import load_prompts
     from distillguard.forensics.radioactivity import (
         black_box_focused_test,
         black_box_test,
         open_weights_test,
     )
-    from distillguard.monitor.datasets import load_prompts
     from distillguard.store import connect
 
     keys = tenant_keys(home, config, database=database)

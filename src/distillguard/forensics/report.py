@@ -34,10 +34,11 @@ def build_report(
     audit: dict[str, Any], home: Path, *, database: str | None = None
 ) -> dict[str, Any]:
     """The report's content, from an audit's JSON and the data directory's records."""
-    from distillguard.gateway.audit import read_usage, verify_chain
     from distillguard.keys import recorded_commitments
     from distillguard.monitor.history import TierHistory
     from distillguard.store import connect
+    from distillguard.store.audit import verify_chain
+    from distillguard.store.usage import read_usage
 
     results = audit.get("results")
     if not isinstance(results, list) or not results:

@@ -17,12 +17,11 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from distillguard.errors import ConfigError, KeyNotFoundError
+from distillguard.errors import AuthenticationError, ConfigError, KeyNotFoundError
 from distillguard.store.base import Connection
 
 __all__ = [
     "ApiKey",
-    "AuthenticationError",
     "KeyStore",
     "create_api_key",
     "list_api_keys",
@@ -32,10 +31,6 @@ __all__ = [
 _PREFIX = "dg"
 _DUMMY_SALT = b"\0" * 16
 _CACHE_SECONDS = 5.0  # a revocation made elsewhere takes effect within this
-
-
-class AuthenticationError(Exception):
-    """A missing, malformed, unknown or revoked API key (the HTTP layer answers 401)."""
 
 
 @dataclass(frozen=True)

@@ -31,13 +31,20 @@ from starlette.routing import Route
 
 from distillguard.engine.engine import Engine, PreparedRequest
 from distillguard.engine.params import GenerationRequest
-from distillguard.errors import ConfigError, ContextLengthError, DistillGuardError, InputError
-from distillguard.gateway.apikeys import ApiKey, AuthenticationError, KeyStore
-from distillguard.gateway.audit import AuditLog, UsageRecord
+from distillguard.errors import (
+    ApiError,
+    AuthenticationError,
+    ConfigError,
+    ContextLengthError,
+    DistillGuardError,
+    InputError,
+    LimiterUnavailable,
+    UpstreamError,
+)
+from distillguard.gateway.apikeys import ApiKey, KeyStore
 from distillguard.gateway.metrics import Metrics
 from distillguard.gateway.openapi import openapi_document
 from distillguard.gateway.protocol import (
-    ApiError,
     ParsedRequest,
     chat_chunk,
     chat_response,
@@ -48,7 +55,6 @@ from distillguard.gateway.protocol import (
 )
 from distillguard.gateway.ratelimit import (
     Admission,
-    LimiterUnavailable,
     Limits,
     MemoryRateLimiter,
     RateLimiter,
@@ -57,9 +63,11 @@ from distillguard.gateway.ratelimit import (
     Snapshot,
     format_duration,
 )
-from distillguard.gateway.upstream import Upstream, UpstreamError, estimate_tokens
+from distillguard.gateway.upstream import Upstream, estimate_tokens
 from distillguard.monitor.events import MonitorEvent, MonitorHook
 from distillguard.monitor.monitor import AccountReport, RingReport
+from distillguard.store.audit import AuditLog
+from distillguard.store.usage import UsageRecord
 from distillguard.watermark.key import WatermarkKey
 
 __all__ = ["Gateway", "Tier"]

@@ -8,10 +8,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from distillguard.engine.params import Completion, SamplingParams, TokenEvent, TokenLogprob
-from distillguard.errors import InputError
+from distillguard.errors import ApiError, InputError
 
 __all__ = [
-    "ApiError",
     "ParsedRequest",
     "chat_chunk",
     "chat_response",
@@ -20,26 +19,6 @@ __all__ = [
     "error_body",
     "parse_body",
 ]
-
-
-class ApiError(Exception):
-    """An error to return to the client in OpenAI's format."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        kind: str = "invalid_request_error",
-        param: str | None = None,
-        code: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.kind = kind
-        self.param = param
-        self.code = code
 
 
 def error_body(error: ApiError) -> dict[str, Any]:

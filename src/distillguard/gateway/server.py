@@ -19,7 +19,6 @@ from distillguard.engine.engine import Engine
 from distillguard.errors import ConfigError
 from distillguard.gateway.apikeys import KeyStore, create_api_key, list_api_keys
 from distillguard.gateway.app import Gateway
-from distillguard.gateway.audit import AuditLog
 from distillguard.gateway.policy import load_policy
 from distillguard.gateway.ratelimit import Limits, RateLimiter, limiter_from_url
 from distillguard.gateway.upstream import Upstream
@@ -29,6 +28,7 @@ from distillguard.monitor.history import TierHistory
 from distillguard.monitor.model import RiskModel
 from distillguard.monitor.monitor import Monitor
 from distillguard.store import Connection, connect
+from distillguard.store.audit import AuditLog
 from distillguard.watermark.key import WatermarkKey
 
 __all__ = ["Server", "build_server"]

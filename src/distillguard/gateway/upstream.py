@@ -23,17 +23,14 @@ from typing import Any
 
 import aiohttp
 
+from distillguard.errors import UpstreamError
 from distillguard.gateway.http1 import Http1Pool
 
-__all__ = ["Upstream", "UpstreamError", "UpstreamReply", "estimate_tokens"]
+__all__ = ["Upstream", "UpstreamReply", "estimate_tokens"]
 
 
 def estimate_tokens(text: str) -> int:
     return max(1, math.ceil(len(text.encode("utf-8")) / 4))
-
-
-class UpstreamError(Exception):
-    """The upstream could not be reached or broke the connection."""
 
 
 @dataclass

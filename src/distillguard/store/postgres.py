@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
@@ -28,6 +28,7 @@ except ImportError as exc:  # pragma: no cover - psycopg ships with the gateway 
 __all__ = ["PostgresConnection", "Row", "connect", "migrate", "translate_schema"]
 
 _MIGRATION_LOCK = 0x6447_6D69  # "dGmi": distillguard migrations
+_CHAIN_LOCK = 0x6447_6175  # "dGau": distillguard audit
 
 
 class Row(tuple[Any, ...]):
@@ -85,10 +86,9 @@ class PostgresConnection:
     def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> Any:
         return self._connection.execute(_placeholders(sql), tuple(parameters), prepare=False)
 
-    def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> Any:
-        cursor = self._connection.cursor()
-        cursor.executemany(_placeholders(sql), [tuple(row) for row in parameters])
-        return cursor
+    def lock_chain(self) -> None:
+        """A transaction-scoped advisory lock on the audit chain, released at commit."""
+        self.execute("SELECT pg_advisory_xact_lock(?)", (_CHAIN_LOCK,))
 
     def __enter__(self) -> PostgresConnection:
         self._lock.acquire()

@@ -8,12 +8,21 @@ from pathlib import Path
 
 from distillguard.store.migrations import MIGRATIONS
 
-__all__ = ["DATABASE_NAME", "connect", "migrate"]
+__all__ = ["DATABASE_NAME", "SqliteConnection", "connect", "migrate"]
 
 DATABASE_NAME = "distillguard.db"
 
 
-def connect(directory: Path, *, shared: bool = False) -> sqlite3.Connection:
+class SqliteConnection(sqlite3.Connection):
+    """sqlite3's connection, with the store's chain lock."""
+
+    def lock_chain(self) -> None:
+        """BEGIN IMMEDIATE: the database's one write lock, across processes, held to commit."""
+        if not self.in_transaction:
+            self.execute("BEGIN IMMEDIATE")
+
+
+def connect(directory: Path, *, shared: bool = False) -> SqliteConnection:
     """Open (creating if needed) the database in `directory` and apply pending migrations.
 
     `shared` allows the connection to be used from a thread other than the one that opened it
@@ -21,7 +30,10 @@ def connect(directory: Path, *, shared: bool = False) -> sqlite3.Connection:
     """
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     connection = sqlite3.connect(
-        directory / DATABASE_NAME, check_same_thread=not shared, timeout=10.0
+        directory / DATABASE_NAME,
+        check_same_thread=not shared,
+        timeout=10.0,
+        factory=SqliteConnection,
     )
     connection.row_factory = sqlite3.Row
     _use_wal(connection)

@@ -1,39 +1,23 @@
-"""Prompt sets for the traffic simulator, read at run time from files (never shipped).
+"""Prompt files: the prompts an audit sends to a suspect, or a simulator replays.
 
 `load_prompts` reads one file whatever its shape: plain text (one prompt a line), JSONL (a
 string a line, or objects with a `prompt`, `question`, `instruction` or `text` field; for
 self-instruct seed tasks the first instance's input is appended), or CSV with a `prompt`
 column (rows whose `type` column is not TEXT are skipped, as awesome-chatgpt-prompts wants).
-`PromptSources.from_dir` names the four files of the project's data folder (SOURCES.md).
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 from distillguard.errors import ConfigError
 
-__all__ = ["SOURCE_FILES", "PromptSources", "fold_of", "load_prompts"]
+__all__ = ["load_prompts"]
 
-SOURCE_FILES = {
-    "open-assistant": "LAION-AI_Open-Assistant__prompt_lottery_en_250_text.jsonl",
-    "awesome-chatgpt": "f_awesome-chatgpt-prompts__prompts.csv",
-    "gsm8k": "openai_grade-school-math__test.jsonl",
-    "self-instruct": "yizhongw_self-instruct__seed_tasks.jsonl",
-}
-BENIGN_SOURCES = ("open-assistant", "awesome-chatgpt")
-HARVEST_SOURCES = ("gsm8k", "self-instruct")
 _FIELDS = ("prompt", "question", "instruction", "text", "content", "query")
-
-
-def fold_of(text: str, folds: int = 2) -> int:
-    """A prompt's fold, fixed by its content (SHA-256), the same on every machine."""
-    return hashlib.sha256(text.encode()).digest()[0] % folds
 
 
 def _from_object(item: object) -> str | None:
@@ -95,37 +79,3 @@ def load_prompts(path: Path) -> list[str]:
     if not unique:
         raise ConfigError(f"no prompts in {path}")
     return unique
-
-
-@dataclass(frozen=True)
-class PromptSources:
-    """Named prompt lists: what benign users send and what harvesters sweep."""
-
-    benign: dict[str, list[str]]
-    harvest: dict[str, list[str]]
-
-    @classmethod
-    def from_dir(cls, data_dir: Path) -> PromptSources:
-        data_dir = Path(data_dir)
-        if not data_dir.is_dir():
-            raise ConfigError(f"data folder {data_dir} does not exist")
-        loaded = {name: load_prompts(data_dir / file) for name, file in SOURCE_FILES.items()}
-        return cls(
-            benign={name: loaded[name] for name in BENIGN_SOURCES},
-            harvest={name: loaded[name] for name in HARVEST_SOURCES},
-        )
-
-    def select(
-        self, benign: tuple[str, ...], harvest: tuple[str, ...], fold: int | None = None
-    ) -> tuple[list[str], list[str]]:
-        """The benign and harvest prompts of the named sources, of one fold or all."""
-
-        def pick(pool: dict[str, list[str]], names: tuple[str, ...]) -> list[str]:
-            chosen = []
-            for name in names:
-                if name not in pool:
-                    raise ConfigError(f"unknown prompt source {name!r}; have {sorted(pool)}")
-                chosen += [p for p in pool[name] if fold is None or fold_of(p) == fold]
-            return chosen
-
-        return pick(self.benign, benign), pick(self.harvest, harvest)

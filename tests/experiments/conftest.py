@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from distillguard.monitor.datasets import (
+from distillguard.experiments.simulate import Population, Simulation, simulate
+from distillguard.experiments.sources import (
     BENIGN_SOURCES,
     HARVEST_SOURCES,
     SOURCE_FILES,
     PromptSources,
 )
-from distillguard.monitor.simulate import Population, Simulation, simulate
 
 from ..conftest import data_dir
 

@@ -41,8 +41,7 @@ def run_demo(
     from tqdm import tqdm
 
     from distillguard.engine.corpus import build_corpus
-    from distillguard.forensics.audit import AuditOutcome
-    from distillguard.forensics.experiment import (
+    from distillguard.experiments.distill import (
         ExperimentConfig,
         StudentConfig,
         harvest,
@@ -50,6 +49,7 @@ def run_demo(
         sample,
         train_student,
     )
+    from distillguard.forensics.audit import AuditOutcome
     from distillguard.forensics.radioactivity import black_box_test, open_weights_test
     from distillguard.forensics.report import write_report
     from distillguard.gateway.app import DEFAULT_TIERS, Tier

@@ -1,6 +1,6 @@
 """The rate limiter's Redis backend: exact sliding-window limits shared by every replica.
 
-The same rule as the memory backend (`gateway/ratelimit.py`), kept in Redis so that several
+The same rule as the memory backend (`gateway/ratelimit/memory.py`), kept in Redis so that several
 gateway processes, on one machine or many, admit against one log. Each scope has three keys:
 
     dg:rl:{scope}:log   sorted set, admission id -> admission time (ms, Redis clock)
@@ -9,7 +9,7 @@ gateway processes, on one machine or many, admit against one log. Each scope has
 
 Admission, settlement and snapshots are each one Lua script, run atomically by Redis, reading
 the time with Redis `TIME`: no replica's clock takes part, and no two decisions interleave.
-The gateway awaits admission on one pipelining asyncio connection (`gateway/resp.py`; the event
+The gateway awaits admission on one pipelining asyncio connection (`ratelimit/resp.py`; the event
 loop serves other requests meanwhile) and queues each settlement on that same connection
 without waiting for its reply; settlements made outside the event loop go to a background
 thread that sends them in pipelined batches. The request path never waits for a settlement.
@@ -33,9 +33,9 @@ import threading
 import time
 from typing import Any
 
-from distillguard.errors import ConfigError
-from distillguard.gateway.ratelimit import Admission, LimiterUnavailable, Refusal, Scope, Snapshot
-from distillguard.gateway.resp import PipelinedRedis
+from distillguard.errors import ConfigError, LimiterUnavailable
+from distillguard.gateway.ratelimit.base import Admission, Refusal, Scope, Snapshot
+from distillguard.gateway.ratelimit.resp import PipelinedRedis
 from distillguard.store.base import describe
 
 try:

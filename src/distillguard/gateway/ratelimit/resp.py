@@ -9,7 +9,7 @@ waiters first in, first out, parsed by hiredis. Under load one read returns many
 Errors: a Redis error reply raises `redis.ResponseError`; a lost connection or a reply that
 does not come within `timeout` fails every command in flight with `redis.ConnectionError` or
 `redis.TimeoutError`, and the next command reconnects. Plain TCP only (``redis://``);
-`ratelimit_redis` falls back to redis-py's client for TLS and Unix sockets.
+`ratelimit.redis` falls back to redis-py's client for TLS and Unix sockets.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Metering and the tamper-evident audit log.
+"""The tamper-evident audit log: usage rows chained by hash, written with group commit.
 
 Every request the gateway answers gets a usage row (tenant, key, model, token counts, status,
 latency, watermark key id and scheme fingerprint, parameters, and the prompt and output text,
@@ -14,7 +14,7 @@ Writes happen on a background thread with group commit: whatever is queued when 
 starts goes in one transaction. The gateway waits for its record's commit (`durable`) before
 the response's last bytes leave, so a response a client received always has its rows, even
 when the process is killed. Several processes (replicas) append to one chain: each write
-takes the database's chain lock (`store.lock_chain`), reads the last hash and appends after
+takes the database's chain lock (`Connection.lock_chain`), reads the last hash and appends after
 it, so `verify_chain` checks one sequence whatever the number of replicas.
 """
 
@@ -30,62 +30,18 @@ import threading
 import time
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from distillguard.store.base import Connection, lock_chain
+from distillguard.store.base import Connection
+from distillguard.store.usage import USAGE_COLUMNS, UsageRecord
 
-__all__ = [
-    "AuditLog",
-    "ChainVerification",
-    "UsageRecord",
-    "purge_text",
-    "read_usage",
-    "verify_chain",
-]
+__all__ = ["GENESIS", "AuditLog", "ChainVerification", "verify_chain"]
 
 log = logging.getLogger("distillguard.audit")
 
 GENESIS = "0" * 64
 _ROWS_PER_INSERT = 256  # 256 x 16 parameters: within SQLite's limit of 32,766
-_USAGE_COLUMNS = (
-    "request_id",
-    "created_at",
-    "tenant",
-    "key_id",
-    "model",
-    "endpoint",
-    "status",
-    "outcome",
-    "prompt_tokens",
-    "completion_tokens",
-    "latency_ms",
-    "watermark_key_id",
-    "fingerprint",
-    "parameters",
-    "prompt_text",
-    "output_text",
-)
-
-
-@dataclass(frozen=True)
-class UsageRecord:
-    request_id: str
-    created_at: str
-    tenant: str
-    key_id: str
-    model: str
-    endpoint: str
-    status: int
-    outcome: str  # "ok", "error", "rate_limited", "client_disconnected", ...
-    prompt_tokens: int
-    completion_tokens: int
-    latency_ms: float
-    watermark_key_id: str | None
-    fingerprint: str | None
-    parameters: dict[str, Any] = field(default_factory=dict)
-    prompt_text: str = ""
-    output_text: str = ""
 
 
 def _record_json(row: dict[str, Any]) -> str:
@@ -95,7 +51,7 @@ def _record_json(row: dict[str, Any]) -> str:
 
 def _audited(row: dict[str, Any]) -> dict[str, Any]:
     audited = {
-        name: row[name] for name in _USAGE_COLUMNS if name not in ("prompt_text", "output_text")
+        name: row[name] for name in USAGE_COLUMNS if name not in ("prompt_text", "output_text")
     }
     audited["latency_ms"] = round(float(audited["latency_ms"]), 3)
     audited["prompt_sha256"] = hashlib.sha256(row["prompt_text"].encode()).hexdigest()
@@ -236,10 +192,10 @@ class AuditLog:
             audited_records.append((record.request_id, _record_json(row)))
             row["prompt_text"] = zlib.compress(row["prompt_text"].encode())
             row["output_text"] = zlib.compress(row["output_text"].encode())
-            usage_rows.append(tuple(row[name] for name in _USAGE_COLUMNS))
-        placeholders = ", ".join("?" for _ in _USAGE_COLUMNS)
+            usage_rows.append(tuple(row[name] for name in USAGE_COLUMNS))
+        placeholders = ", ".join("?" for _ in USAGE_COLUMNS)
         with connection:
-            lock_chain(connection)
+            connection.lock_chain()
             last = connection.execute(
                 "SELECT record_hash FROM audit ORDER BY seq DESC LIMIT 1"
             ).fetchone()
@@ -253,7 +209,7 @@ class AuditLog:
             for start in range(0, len(usage_rows), _ROWS_PER_INSERT):
                 rows = usage_rows[start : start + _ROWS_PER_INSERT]
                 connection.execute(
-                    f"INSERT INTO usage ({', '.join(_USAGE_COLUMNS)}) VALUES "  # noqa: S608
+                    f"INSERT INTO usage ({', '.join(USAGE_COLUMNS)}) VALUES "  # noqa: S608
                     + ", ".join(f"({placeholders})" for _ in rows),
                     [value for row in rows for value in row],
                 )
@@ -308,12 +264,12 @@ def verify_chain(connection: Connection) -> ChainVerification:
     for seq, request_id, record, stored_prev, record_hash in audit_rows:
         count += 1
         usage = connection.execute(
-            f"SELECT {', '.join(_USAGE_COLUMNS)} FROM usage WHERE request_id = ?",  # noqa: S608
+            f"SELECT {', '.join(USAGE_COLUMNS)} FROM usage WHERE request_id = ?",  # noqa: S608
             (request_id,),
         ).fetchone()
         if usage is None:
             return ChainVerification(False, count, seq, request_id, "its usage row is missing")
-        row = dict(zip(_USAGE_COLUMNS, usage, strict=True))
+        row = dict(zip(USAGE_COLUMNS, usage, strict=True))
         # Text removed by the retention policy (NULL) cannot be checked, but the record keeps its
         # hash: text can be purged, never altered.
         purged = row["prompt_text"] is None
@@ -340,46 +296,3 @@ def verify_chain(connection: Connection) -> ChainVerification:
             )
         prev_hash = record_hash
     return ChainVerification(True, count)
-
-
-def purge_text(connection: Connection, before: str) -> int:
-    """Drop the prompt and output text of usage rows created before `before` (ISO 8601).
-
-    The rows, their token counts and their audit records stay; `verify_chain` still checks
-    everything but the removed text, whose hashes remain in the chain.
-    """
-    with connection:
-        cursor = connection.execute(
-            "UPDATE usage SET prompt_text = NULL, output_text = NULL "
-            "WHERE created_at < ? AND prompt_text IS NOT NULL",
-            (before,),
-        )
-    return int(cursor.rowcount)
-
-
-def read_usage(
-    connection: Connection, *, tenant: str | None = None, key_id: str | None = None
-) -> list[UsageRecord]:
-    """Usage rows in the order they were written, texts decompressed (empty once purged);
-    `output_text` is the JSON array of the choices' texts."""
-    query = f"SELECT {', '.join(_USAGE_COLUMNS)} FROM usage"  # noqa: S608 - fixed column names
-    clauses, arguments = [], []
-    if tenant is not None:
-        clauses.append("tenant = ?")
-        arguments.append(tenant)
-    if key_id is not None:
-        clauses.append("key_id = ?")
-        arguments.append(key_id)
-    if clauses:
-        query += " WHERE " + " AND ".join(clauses)
-    # the order they were written: the audit chain's
-    query += " ORDER BY (SELECT seq FROM audit WHERE audit.request_id = usage.request_id)"
-    records = []
-    for values in connection.execute(query, arguments):
-        row = dict(zip(_USAGE_COLUMNS, values, strict=True))
-        for name in ("prompt_text", "output_text"):
-            blob = row[name]
-            row[name] = zlib.decompress(blob).decode() if blob else ""
-        row["parameters"] = json.loads(row["parameters"])
-        records.append(UsageRecord(**row))
-    return records

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import math
 
-from distillguard.monitor.datasets import BENIGN_SOURCES, HARVEST_SOURCES, PromptSources
-from distillguard.monitor.evaluate import (
+from distillguard.experiments.evaluate import (
     DetectorRun,
     PradaBaseline,
     RateBaseline,
@@ -14,8 +13,9 @@ from distillguard.monitor.evaluate import (
     replay_monitor,
     ring_ari,
 )
+from distillguard.experiments.simulate import Population, Simulation, Truth, simulate
+from distillguard.experiments.sources import BENIGN_SOURCES, HARVEST_SOURCES, PromptSources
 from distillguard.monitor.monitor import Monitor
-from distillguard.monitor.simulate import Population, Simulation, Truth, simulate
 
 
 def test_the_fleet_has_every_kind_and_every_request_reached_the_gateway(

@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("starlette")
 
-from distillguard.forensics.experiment import (
+from distillguard.experiments.distill import (
     ExperimentConfig,
     StudentConfig,
     audit_student,
@@ -18,8 +18,8 @@ from distillguard.forensics.experiment import (
     pretrain_base,
     train_student,
 )
-from distillguard.gateway.audit import verify_chain
 from distillguard.store import connect
+from distillguard.store.audit import verify_chain
 
 
 def test_harvest_train_and_audit_at_toy_scale(tmp_path: Path, tiny_model_dir: Path) -> None:
@@ -56,7 +56,7 @@ def test_contamination_outside_the_unit_interval_is_refused() -> None:
 def test_sampling_keeps_prompt_and_completion_inside_the_context() -> None:
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from distillguard.forensics.experiment import sample
+    from distillguard.experiments.distill import sample
 
     model = GPT2LMHeadModel(
         GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=1, n_head=2, eos_token_id=0)

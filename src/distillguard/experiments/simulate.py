@@ -15,7 +15,7 @@ Harvesters sweep a harvest prompt set through distiller templates:
 Every request goes through the gateway's ASGI app (keys, limits, tiers, metering, audit, the
 monitor hook) on a simulated clock, against an in-process upstream that answers at once with
 a plausible completion length. The gateway's monitor events are recorded with each account's
-ground truth; detectors are then scored by replaying them (`distillguard.monitor.evaluate`).
+ground truth; detectors are then scored by replaying them (`distillguard.experiments.evaluate`).
 """
 
 from __future__ import annotations
@@ -34,13 +34,13 @@ import numpy as np
 
 from distillguard.gateway.apikeys import KeyStore, create_api_key
 from distillguard.gateway.app import Gateway
-from distillguard.gateway.audit import AuditLog
 from distillguard.gateway.ratelimit import MemoryRateLimiter
 from distillguard.gateway.upstream import Upstream, UpstreamReply
 from distillguard.monitor.events import MonitorEvent, MonitorHook
 from distillguard.monitor.monitor import Monitor
 from distillguard.monitor.text import asks_for_reasoning
 from distillguard.store import connect
+from distillguard.store.audit import AuditLog
 
 __all__ = [
     "FOLLOW_UPS",

@@ -134,9 +134,10 @@ def harvest(
     from distillguard.engine.engine import Engine
     from distillguard.gateway.apikeys import KeyStore, create_api_key
     from distillguard.gateway.app import Gateway
-    from distillguard.gateway.audit import AuditLog, read_usage
     from distillguard.keys import init_master_secret
     from distillguard.store import connect
+    from distillguard.store.audit import AuditLog
+    from distillguard.store.usage import read_usage
 
     started = time.perf_counter()
     master, _ = init_master_secret(home)

@@ -30,12 +30,12 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import stats
 
+from distillguard.experiments.simulate import Simulation, Truth
 from distillguard.monitor.events import MonitorEvent
 from distillguard.monitor.features import FEATURES
 from distillguard.monitor.model import RiskModel, fit_logistic
 from distillguard.monitor.monitor import Monitor
 from distillguard.monitor.rings import RingRules, adjusted_rand_index
-from distillguard.monitor.simulate import Simulation, Truth
 from distillguard.monitor.text import embed, words
 
 __all__ = [

@@ -1,0 +1,49 @@
+"""Rate limits by requests and tokens, exact over any window: one interface, two backends.
+
+`limiter_from_url(None)` is the memory limiter (one process); ``redis://``, ``rediss://`` or
+``unix://`` the Redis one that several replicas share.
+"""
+
+from __future__ import annotations
+
+from distillguard.errors import ConfigError
+from distillguard.gateway.ratelimit.base import (
+    WINDOW,
+    Admission,
+    Limits,
+    RateLimiter,
+    Refusal,
+    Scope,
+    Snapshot,
+    format_duration,
+)
+from distillguard.gateway.ratelimit.memory import MemoryRateLimiter
+
+__all__ = [
+    "WINDOW",
+    "Admission",
+    "Limits",
+    "MemoryRateLimiter",
+    "RateLimiter",
+    "Refusal",
+    "Scope",
+    "Snapshot",
+    "format_duration",
+    "limiter_from_url",
+]
+
+
+def limiter_from_url(url: str | None, *, fail_open: bool = False) -> RateLimiter:
+    """The memory limiter (no URL: one process) or the Redis one (``redis://``, ``rediss://``,
+    ``unix://``) that several replicas share."""
+    if url is None:
+        return MemoryRateLimiter()
+    if url.split("://", 1)[0] not in ("redis", "rediss", "unix"):
+        raise ConfigError(
+            f"unsupported rate limiter URL {url.split('://', 1)[0]!r}: use redis://..."
+        )
+    from distillguard.gateway.ratelimit.redis import RedisRateLimiter
+
+    limiter = RedisRateLimiter(url, fail_open=fail_open)
+    limiter.ping()
+    return limiter
