@@ -16,7 +16,8 @@ pytest.importorskip("torch")
 
 from distillguard.engine.engine import Engine
 from distillguard.gateway.apikeys import KeyStore, create_api_key
-from distillguard.gateway.app import Gateway
+from distillguard.gateway.app import Gateway, GatewaySettings
+from distillguard.gateway.backends import LocalBackend, UpstreamBackend
 from distillguard.keys import derive_tenant_key, init_master_secret, record_commitment
 from distillguard.store import connect
 from distillguard.store.audit import AuditLog
@@ -75,9 +76,8 @@ def make_harness(
         return cache[tenant]
 
     audit = AuditLog(lambda: connect(home))
-    gateway = Gateway(
-        engine, KeyStore(connection), audit, key_for, minute=minute, max_body_bytes=max_body_bytes
-    )
+    settings = GatewaySettings(minute=minute, max_body_bytes=max_body_bytes)
+    gateway = Gateway(LocalBackend(engine, key_for), KeyStore(connection), audit, settings)
     return Harness(gateway, home, engine.model_name, keys, audit)
 
 
@@ -137,13 +137,10 @@ def monitored_gateway(
     key, record = create_api_key(connection, "acme", rpm=rpm, tpm=tpm)
     audit = AuditLog(lambda: connect(home))
     gateway = Gateway(
-        None,
+        UpstreamBackend(SimulatedUpstream(), (MODEL,)),
         KeyStore(connection),
         audit,
-        lambda tenant: None,
-        upstream=SimulatedUpstream(),
-        upstream_models=(MODEL,),
+        GatewaySettings(admin_token=admin_token),
         monitor=monitor,  # type: ignore[arg-type]
-        admin_token=admin_token,
     )
     return gateway, audit, key, record.key_id

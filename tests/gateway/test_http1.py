@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from distillguard.gateway.http1 import Http1Pool
+from distillguard.gateway.backends.http1 import Http1Pool
 
 
 async def serve(

@@ -13,8 +13,8 @@ import pytest
 
 from distillguard.errors import ConfigError
 from distillguard.experiments.simulate import MODEL
-from distillguard.gateway.app import DEFAULT_TIERS, Gateway
-from distillguard.gateway.policy import load_policy
+from distillguard.gateway.app import Gateway
+from distillguard.gateway.policy import DEFAULT_TIERS, load_policy
 from distillguard.monitor.events import MonitorEvent
 from distillguard.monitor.monitor import Monitor
 from distillguard.store.audit import AuditLog
@@ -115,7 +115,7 @@ def test_the_admin_api_needs_its_token(setup: Setup) -> None:
     assert call(setup.gateway, "GET", "/v1/admin/accounts", token=None).status_code == 401
     assert call(setup.gateway, "GET", "/v1/admin/accounts", token="wrong").status_code == 401
     assert call(setup.gateway, "GET", "/v1/admin/accounts", token=setup.key).status_code == 401
-    setup.gateway.admin_token = None
+    setup.gateway.admin.token = None
     disabled = call(setup.gateway, "GET", "/v1/admin/accounts", token=ADMIN)
     assert disabled.status_code == 403
     assert "DISTILLGUARD_ADMIN_TOKEN" in disabled.json()["error"]["message"]

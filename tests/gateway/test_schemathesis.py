@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
 
 from distillguard.engine.engine import Engine  # noqa: E402
-from distillguard.gateway.app import Tier  # noqa: E402
+from distillguard.gateway.policy import Tier  # noqa: E402
 
 from .conftest import Harness, make_harness  # noqa: E402
 

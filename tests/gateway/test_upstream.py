@@ -12,8 +12,9 @@ import pytest
 
 from distillguard.gateway.apikeys import KeyStore, create_api_key
 from distillguard.gateway.app import Gateway
+from distillguard.gateway.backends import UpstreamBackend
+from distillguard.gateway.backends.client import Upstream
 from distillguard.gateway.mock import MOCK_MODEL, MOCK_TEXT, mock_upstream_app
-from distillguard.gateway.upstream import Upstream
 from distillguard.store import connect
 from distillguard.store.audit import AuditLog, verify_chain
 
@@ -41,14 +42,7 @@ def _build(home: Path, rpm: int, url: str) -> tuple[Gateway, str, AuditLog]:
     key, _ = create_api_key(connection, "acme", rpm=rpm, tpm=100_000)
     upstream = Upstream(url)
     audit = AuditLog(lambda: connect(home))
-    gateway = Gateway(
-        None,
-        KeyStore(connection),
-        audit,
-        lambda tenant: None,
-        upstream=upstream,
-        upstream_models=(MOCK_MODEL,),
-    )
+    gateway = Gateway(UpstreamBackend(upstream, (MOCK_MODEL,)), KeyStore(connection), audit)
     return gateway, key, audit
 
 
@@ -76,8 +70,7 @@ def test_proxied_responses_are_metered_audited_and_marked_unwatermarked(
             unknown = await send(gateway, key, body)
             return chat, stream, unknown
         finally:
-            assert gateway.upstream is not None
-            await gateway.upstream.close()
+            await gateway.backend.aclose()
 
     chat, stream, unknown = asyncio.run(scenario())
     assert chat.status_code == 200
@@ -110,8 +103,7 @@ def test_limits_hold_in_upstream_mode(
                 (await send(gateway, key, body, "/v1/completions")).status_code for _ in range(4)
             ]
         finally:
-            assert gateway.upstream is not None
-            await gateway.upstream.close()
+            await gateway.backend.aclose()
 
     assert asyncio.run(scenario()) == [200, 200, 429, 429]
     audit.close()

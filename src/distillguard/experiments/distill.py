@@ -133,7 +133,8 @@ def harvest(
     tiers (`tiers` says what each does), as `distillguard serve` would."""
     from distillguard.engine.engine import Engine
     from distillguard.gateway.apikeys import KeyStore, create_api_key
-    from distillguard.gateway.app import Gateway
+    from distillguard.gateway.app import Gateway, GatewaySettings
+    from distillguard.gateway.backends import LocalBackend
     from distillguard.keys import init_master_secret
     from distillguard.store import connect
     from distillguard.store.audit import AuditLog
@@ -153,7 +154,11 @@ def harvest(
         api_key, _ = create_api_key(connection, "harvester", rpm=10**6, tpm=10**9, concurrency=64)
         audit = AuditLog(lambda: connect(home))
         gateway = Gateway(
-            engine, KeyStore(connection), audit, by_tenant.get, monitor=monitor, tiers=tiers
+            LocalBackend(engine, by_tenant.get),
+            KeyStore(connection),
+            audit,
+            GatewaySettings(tiers=tiers) if tiers is not None else GatewaySettings(),
+            monitor=monitor,
         )
         asyncio.run(
             _send_all(

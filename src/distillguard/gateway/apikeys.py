@@ -136,10 +136,6 @@ class KeyStore:
             raise AuthenticationError("invalid API key")
         return key
 
-    def forget(self, key_id: str) -> None:
-        """Drop a cached row (after a revocation made by another process)."""
-        self._cache.pop(key_id, None)
-
     def _lookup(self, key_id: str) -> tuple[bytes, bytes, ApiKey] | None:
         cached = self._cache.get(key_id)
         if cached is not None and time.monotonic() - cached[0] < _CACHE_SECONDS:

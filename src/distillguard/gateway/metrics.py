@@ -22,6 +22,7 @@ class Metrics:
         self._tokens: defaultdict[str, int] = defaultdict(int)
         self._refusals: defaultdict[str, int] = defaultdict(int)
         self._limiter_unavailable = 0
+        self._audit_write_failures = 0
         self._latency_counts = [0] * len(_BUCKETS)
         self._latency_sum = 0.0
         self._latency_total = 0
@@ -54,6 +55,11 @@ class Metrics:
         with self._lock:
             self._limiter_unavailable = total
 
+    def set_audit_write_failures(self, total: int) -> None:
+        """The audit log's count of batches whose write failed and was retried."""
+        with self._lock:
+            self._audit_write_failures = total
+
     def render(self) -> str:
         with self._lock:
             lines = [
@@ -80,6 +86,10 @@ class Metrics:
                 "limiter (Redis unreachable): refused with 503, or admitted when failing open.",
                 "# TYPE distillguard_limiter_unavailable_total counter",
                 f"distillguard_limiter_unavailable_total {self._limiter_unavailable}",
+                "# HELP distillguard_audit_write_failures_total Batches of usage rows whose write "
+                "failed (each is retried until it is written).",
+                "# TYPE distillguard_audit_write_failures_total counter",
+                f"distillguard_audit_write_failures_total {self._audit_write_failures}",
             ]
             lines += [
                 "# HELP distillguard_request_seconds Seconds to answer (streams: last byte).",

@@ -1,4 +1,5 @@
-"""The policy file: what each tier does, and where the risk score puts an account.
+"""Tiers: what each allows, how a request is checked against its key's tier, and the policy
+file that configures them and where the risk score puts an account.
 
 TOML, passed to `distillguard serve --policy FILE`. Every section and key is optional; what is
 left out keeps its default (docs/deployment.md shows the defaults)::
@@ -27,10 +28,76 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from distillguard.errors import ConfigError
-from distillguard.gateway.app import DEFAULT_TIERS, TIER_RANK, Tier
+from distillguard.errors import ApiError, ConfigError
+from distillguard.gateway.protocol import ParsedRequest
 
-__all__ = ["Policy", "load_policy"]
+__all__ = [
+    "DEFAULT_TIERS",
+    "TIER_RANK",
+    "Policy",
+    "Tier",
+    "enforce_tier",
+    "higher_tier",
+    "load_policy",
+]
+
+
+@dataclass(frozen=True)
+class Tier:
+    """What a key's tier allows; the harvest monitor moves keys up the tiers.
+
+    `rate_factor` scales the key's requests and tokens per minute; `block` refuses every
+    request with 403. A tier that only watches keeps serving while evidence accumulates.
+    """
+
+    max_n: int = 8
+    max_top_logprobs: int = 20
+    max_tokens: int | None = None
+    rate_factor: float = 1.0
+    block: bool = False
+
+
+DEFAULT_TIERS = {
+    "normal": Tier(),
+    "watch": Tier(max_n=4, max_top_logprobs=5),
+    "throttle": Tier(max_n=1, max_top_logprobs=0, max_tokens=256, rate_factor=0.25),
+    "block": Tier(block=True),
+}
+TIER_RANK = {"normal": 0, "watch": 1, "throttle": 2, "block": 3}
+
+
+def higher_tier(configured: str, watched: str) -> str:
+    """The key's configured tier, or the monitor's for it when that one is higher."""
+    return watched if TIER_RANK.get(watched, 0) > TIER_RANK.get(configured, 0) else configured
+
+
+def enforce_tier(tier: Tier, parsed: ParsedRequest) -> None:
+    """Raise the error to answer when the request asks for more than its tier allows."""
+    if tier.block:
+        raise ApiError(
+            403,
+            "This key is blocked: its traffic matches harvesting of model outputs. "
+            "Contact the provider to review it.",
+            kind="permission_denied",
+            code="account_blocked",
+        )
+    if parsed.n > tier.max_n:
+        raise ApiError(400, f"n is limited to {tier.max_n} for this key", param="n")
+    if parsed.top_logprobs > tier.max_top_logprobs:
+        raise ApiError(
+            400,
+            f"top_logprobs is limited to {tier.max_top_logprobs} for this key",
+            param="top_logprobs",
+        )
+    if (
+        parsed.max_tokens is not None
+        and tier.max_tokens is not None
+        and parsed.max_tokens > tier.max_tokens
+    ):
+        raise ApiError(
+            400, f"max_tokens is limited to {tier.max_tokens} for this key", param="max_tokens"
+        )
+
 
 _THRESHOLDS = {
     "watch": float,

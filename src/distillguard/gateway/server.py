@@ -11,17 +11,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import httpx
 
 from distillguard.engine.engine import Engine
 from distillguard.errors import ConfigError
 from distillguard.gateway.apikeys import KeyStore, create_api_key, list_api_keys
-from distillguard.gateway.app import Gateway
+from distillguard.gateway.app import Gateway, GatewaySettings
+from distillguard.gateway.backends import Backend, LocalBackend, UpstreamBackend
+from distillguard.gateway.backends.client import Upstream
 from distillguard.gateway.policy import load_policy
 from distillguard.gateway.ratelimit import Limits, RateLimiter, limiter_from_url
-from distillguard.gateway.upstream import Upstream
 from distillguard.keys import derive_tenant_key, init_master_secret, record_commitment
 from distillguard.monitor.events import MonitorHook
 from distillguard.monitor.history import TierHistory
@@ -127,30 +128,27 @@ def build_server(
 
             watcher = SharedMonitor(local, redis, restore=history.latest)
     connection = connect(home, shared=True, url=database)
-    engine = None if upstream else Engine(model)
-    proxy = None
-    models: tuple[str, ...] = ()
+    engine: Engine | None = None
+    backend: Backend[Any]
     if upstream:
-        proxy = Upstream(upstream, api_key=upstream_api_key)
-        models = _upstream_models(upstream, upstream_api_key)
+        client = Upstream(upstream, api_key=upstream_api_key)
+        backend = UpstreamBackend(client, _upstream_models(upstream, upstream_api_key))
+    else:
+        engine = Engine(model)
+        backend = LocalBackend(engine, _watermark_keys(home, engine, database))
     demo_key = None
     if create_demo_key and not list_api_keys(connection):
         demo_key, _ = create_api_key(connection, "demo", rpm=demo_rpm, tpm=demo_tpm)
     audit = AuditLog(lambda: connect(home, url=database), store_text=store_text)
-    gateway = Gateway(
-        engine,
-        KeyStore(connection),
-        audit,
-        _watermark_keys(home, engine, database) if engine is not None else _no_watermark,
-        limiter=limiter,
+    settings = GatewaySettings(
         tenant_limits=tenant_limits,
+        tiers=rules.tiers,
         max_body_bytes=max_body_bytes,
         store_text=store_text,
-        upstream=proxy,
-        upstream_models=models,
-        tiers=rules.tiers,
-        monitor=watcher,
         admin_token=admin_token,
+    )
+    gateway = Gateway(
+        backend, KeyStore(connection), audit, settings, limiter=limiter, monitor=watcher
     )
     if watcher is not None:
         watcher.start()
@@ -171,10 +169,6 @@ def prepare_home(
         return demo_key
     finally:
         connection.close()
-
-
-def _no_watermark(tenant: str) -> WatermarkKey | None:
-    return None
 
 
 def _upstream_models(url: str, api_key: str | None) -> tuple[str, ...]:

@@ -1,15 +1,9 @@
-"""Upstream mode: the gateway in front of any OpenAI-compatible server instead of a local model.
+"""A pooled HTTP client for one OpenAI-compatible upstream (what `UpstreamBackend` talks to).
 
-Keys, limits, metering and audit work as with a local model. The outputs cannot be
-watermarked here: sampling happens upstream, and a watermark cannot be added to text after the
-fact. Responses say so in `x-distillguard-watermark: unavailable`.
-
-Token reservation needs the prompt's size before the upstream has counted it; without the
-upstream's tokenizer the gateway estimates one token per 4 bytes of prompt text (rounded up)
-and settles to the upstream's reported usage afterwards.
-
-The client is aiohttp with a pooled keep-alive connector: on this path httpx spent about 1.3 ms
-of Python per request, more than the whole gateway's budget.
+The client is aiohttp with a pooled keep-alive connector, and a lean HTTP/1.1 pool
+(`http1.py`) for plain-http upstreams: on this path httpx spent about 1.3 ms of Python per
+request, more than the whole gateway's budget. `estimate_tokens` counts a prompt before the
+upstream has: one token per 4 bytes of text, rounded up.
 """
 
 from __future__ import annotations
@@ -24,7 +18,7 @@ from typing import Any
 import aiohttp
 
 from distillguard.errors import UpstreamError
-from distillguard.gateway.http1 import Http1Pool
+from distillguard.gateway.backends.http1 import Http1Pool
 
 __all__ = ["Upstream", "UpstreamReply", "estimate_tokens"]
 

@@ -1,0 +1,33 @@
+"""How one gateway behaves: limits beyond each key's own, tiers, body size, text, admin."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from distillguard.gateway.policy import DEFAULT_TIERS, Tier
+from distillguard.gateway.ratelimit import WINDOW, Limits
+
+__all__ = ["GatewaySettings"]
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    """Everything but the gateway's collaborators (backend, keys, audit log, limiter, monitor).
+
+    `tenant_limits` apply to all of a tenant's keys together; `tiers` say what each tier
+    allows; `store_text` keeps prompts and outputs in the usage log; `minute` is the rate
+    window (tests shorten it); `admin_token` turns the admin API on; `durable_audit` makes
+    every answer wait for its usage row's commit (a killed replica then loses no answered
+    request: the traffic simulator, which has no process to lose, turns it off).
+    """
+
+    tenant_limits: Limits | None = None
+    tiers: Mapping[str, Tier] = field(default_factory=lambda: dict(DEFAULT_TIERS))
+    max_body_bytes: int = 1 << 20
+    store_text: bool = True
+    minute: float = WINDOW
+    admin_token: str | None = None
+    durable_audit: bool = True
+    clock: Callable[[], float] = time.time
