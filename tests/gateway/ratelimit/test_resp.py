@@ -7,7 +7,7 @@ import secrets
 
 import pytest
 
-from ..conftest import redis_url
+from ...conftest import redis_url
 
 redis = pytest.importorskip("redis")
 
