@@ -22,8 +22,17 @@ from typing import Any
 from distillguard.errors import ConfigError, InputError
 from distillguard.store.base import Connection
 from distillguard.store.usage import read_usage
+from distillguard.watermark.scheme import SchemeConfig, tokenizer_fingerprint
+from distillguard.watermark.vocab import load_tokenizer
 
-__all__ = ["LoggedTraffic", "load_logged", "query_suspect"]
+__all__ = [
+    "AuditOutcome",
+    "LoggedTraffic",
+    "audit_suspect",
+    "load_logged",
+    "query_suspect",
+    "run_audit",
+]
 
 
 @dataclass(frozen=True)
@@ -229,6 +238,60 @@ def tenant_keys(
     return [derive_tenant_key(master, name, key_version).watermark_key() for name in names]
 
 
+def audit_suspect(
+    home: Path,
+    scheme: SchemeConfig,
+    our_model: Path,
+    *,
+    url: str | None = None,
+    suspect_model: str | None = None,
+    weights: Path | None = None,
+    reference: str | None = None,
+    base: Path | None = None,
+    tenant: str | None = None,
+    prompts_file: Path | None = None,
+    queries: int = 2000,
+    max_tokens: int = 64,
+    contexts: int = 20_000,
+    api_key: str | None = None,
+    database: str | None = None,
+) -> AuditOutcome:
+    """What `distillguard audit suspect` runs: check the options, bind `scheme` to the
+    tokenizer of `our_model` (the served model's directory, or its tokenizer.json), and run
+    the audit.
+
+    The options are checked before anything is loaded; the messages name the command's
+    options, which are these keywords."""
+    if (url is None) == (weights is None):
+        raise InputError("give either --url (black-box) or --weights (open weights)")
+    if url is not None and not suspect_model:
+        raise InputError("--suspect-model is required with --url")
+    if base is not None and url is None:
+        raise InputError("--base is for black-box audits (--url); with --weights use --reference")
+    if queries < 1 or contexts < 1 or max_tokens < 1:
+        raise InputError("--queries, --contexts and --max-tokens must be positive")
+    tokenizer, vocab_size = load_tokenizer(our_model)
+    config = scheme.bind(vocab_size, tokenizer_fingerprint(tokenizer))
+    return run_audit(
+        home,
+        config,
+        tokenizer,
+        database=database,
+        url=url,
+        suspect_model=suspect_model,
+        weights=weights,
+        reference=reference,
+        base=base,
+        our_model=our_model,
+        tenant=tenant,
+        prompts_file=prompts_file,
+        queries=queries,
+        max_tokens=max_tokens,
+        contexts=contexts,
+        api_key=api_key,
+    )
+
+
 def run_audit(
     home: Path,
     config: Any,
@@ -252,29 +315,10 @@ def run_audit(
 
     Black-box with `base` (the suspect's base model) and `our_model` (the served model's
     directory): the focused test leads, the plain one follows."""
-    from contextlib import closing
-
-    from distillguard.errors import FingerprintMismatchError
     from distillguard.forensics.prompts import load_prompts
-    from distillguard.forensics.radioactivity import (
-        black_box_focused_test,
-        black_box_test,
-        open_weights_test,
-    )
-    from distillguard.store import connect
 
     keys = tenant_keys(home, config, database=database)
-    with closing(connect(home, url=database)) as connection:
-        logged = load_logged(connection, tenant=tenant)
-    if logged.fingerprints and config.fingerprint not in logged.fingerprints:
-        raise FingerprintMismatchError(
-            f"the logged outputs were watermarked under {sorted(logged.fingerprints)[0]}, not "
-            f"{config.fingerprint}: pass the scheme options and tokenizer the gateway used"
-        )
-
-    def encode(texts: Sequence[str]) -> list[list[int]]:
-        return [encoding.ids for encoding in tokenizer.encode_batch(list(texts))]
-
+    logged = _logged_under(home, config, tenant=tenant, database=database)
     parameters: dict[str, Any] = {
         "scheme_fingerprint": config.fingerprint,
         "gamma": config.gamma,
@@ -285,38 +329,115 @@ def run_audit(
     }
     if url is not None:
         prompts = load_prompts(prompts_file) if prompts_file is not None else logged.prompts
-        prompts = prompts[:queries]
-        parameters |= {"queries": len(prompts), "max_tokens": max_tokens}
-        prompt_ids = encode(prompts)
-        focus = None
-        if base is not None:
-            if our_model is None:
-                raise InputError("the focused test needs our model's directory")
-            focus = (load_suspect_weights(our_model), load_suspect_weights(base))
-            parameters |= {"base": str(base), "our_model": str(our_model)}
-
-        def audit_url(address: str, model: str) -> list[Any]:
-            outputs = query_suspect(address, model, prompts, max_tokens=max_tokens, api_key=api_key)
-            output_ids = encode(outputs)
-            plain = black_box_test(config, keys, prompt_ids, output_ids)
-            if focus is None:
-                return [plain]
-            ours, base_model = focus
-            focused = black_box_focused_test(config, keys, prompt_ids, output_ids, ours, base_model)
-            return [focused, plain]
-
-        results = audit_url(url, str(suspect_model))
-        controls = audit_url(reference, _first_model(reference)) if reference else []
-        return AuditOutcome(
-            "black-box", f"{suspect_model} at {url}", reference, results, controls, parameters
+        return _black_box_audit(
+            config,
+            keys,
+            tokenizer,
+            prompts[:queries],
+            parameters,
+            url=url,
+            suspect_model=str(suspect_model),
+            reference=reference,
+            base=base,
+            our_model=our_model,
+            max_tokens=max_tokens,
+            api_key=api_key,
         )
     if weights is None:
         raise InputError("give a suspect URL or a weights directory")
+    return _open_weights_audit(
+        config, keys, tokenizer, logged, parameters, weights, reference=reference, contexts=contexts
+    )
+
+
+def _logged_under(
+    home: Path, config: SchemeConfig, *, tenant: str | None, database: str | None
+) -> LoggedTraffic:
+    """The logged traffic, which must have been watermarked under `config`'s scheme."""
+    from contextlib import closing
+
+    from distillguard.errors import FingerprintMismatchError
+    from distillguard.store import connect
+
+    with closing(connect(home, url=database)) as connection:
+        logged = load_logged(connection, tenant=tenant)
+    if logged.fingerprints and config.fingerprint not in logged.fingerprints:
+        raise FingerprintMismatchError(
+            f"the logged outputs were watermarked under {sorted(logged.fingerprints)[0]}, not "
+            f"{config.fingerprint}: pass the scheme options and tokenizer the gateway used"
+        )
+    return logged
+
+
+def _encode(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
+    return [encoding.ids for encoding in tokenizer.encode_batch(list(texts))]
+
+
+def _black_box_audit(
+    config: SchemeConfig,
+    keys: list[Any],
+    tokenizer: Any,
+    prompts: list[str],
+    parameters: dict[str, Any],
+    *,
+    url: str,
+    suspect_model: str,
+    reference: str | None,
+    base: Path | None,
+    our_model: Path | None,
+    max_tokens: int,
+    api_key: str | None,
+) -> AuditOutcome:
+    """Query the suspect (and the reference, as the control) with `prompts`; score the answers."""
+    from distillguard.forensics.radioactivity import black_box_focused_test, black_box_test
+
+    parameters = parameters | {"queries": len(prompts), "max_tokens": max_tokens}
+    prompt_ids = _encode(tokenizer, prompts)
+    focus = None
+    if base is not None:
+        if our_model is None:
+            raise InputError("the focused test needs our model's directory")
+        focus = (load_suspect_weights(our_model), load_suspect_weights(base))
+        parameters |= {"base": str(base), "our_model": str(our_model)}
+
+    def audit_url(address: str, model: str) -> list[Any]:
+        outputs = query_suspect(address, model, prompts, max_tokens=max_tokens, api_key=api_key)
+        output_ids = _encode(tokenizer, outputs)
+        plain = black_box_test(config, keys, prompt_ids, output_ids)
+        if focus is None:
+            return [plain]
+        ours, base_model = focus
+        focused = black_box_focused_test(config, keys, prompt_ids, output_ids, ours, base_model)
+        return [focused, plain]
+
+    results = audit_url(url, suspect_model)
+    controls = audit_url(reference, _first_model(reference)) if reference else []
+    return AuditOutcome(
+        "black-box", f"{suspect_model} at {url}", reference, results, controls, parameters
+    )
+
+
+def _open_weights_audit(
+    config: SchemeConfig,
+    keys: list[Any],
+    tokenizer: Any,
+    logged: LoggedTraffic,
+    parameters: dict[str, Any],
+    weights: Path,
+    *,
+    reference: str | None,
+    contexts: int,
+) -> AuditOutcome:
+    """Teacher-force the logged outputs through the suspect (and the reference, the control)."""
+    from distillguard.forensics.radioactivity import open_weights_test
+
     documents = [
         prompt + output
-        for prompt, output in zip(encode(logged.prompts), encode(logged.outputs), strict=True)
+        for prompt, output in zip(
+            _encode(tokenizer, logged.prompts), _encode(tokenizer, logged.outputs), strict=True
+        )
     ]
-    parameters |= {"contexts": contexts, "documents": len(documents)}
+    parameters = parameters | {"contexts": contexts, "documents": len(documents)}
     reference_model = load_suspect_weights(Path(reference)) if reference else None
     # with a reference, the suspect's shift away from it leads; the reference audited on its
     # own is the control

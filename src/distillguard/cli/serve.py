@@ -1,0 +1,144 @@
+"""`distillguard serve`: the OpenAI-compatible gateway."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+
+from distillguard.cli.options import State, model_option
+from distillguard.errors import ConfigError, require
+
+__all__ = ["serve"]
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8000, show_default=True)
+@model_option
+@click.option("--max-body-bytes", type=int, default=1 << 20, show_default=True)
+@click.option(
+    "--no-store-text", is_flag=True, help="Do not keep prompt and output text in the usage log."
+)
+@click.option("--tenant-rpm", type=int, default=None, help="Requests per minute per tenant.")
+@click.option("--tenant-tpm", type=int, default=None, help="Tokens per minute per tenant.")
+@click.option(
+    "--upstream",
+    default=None,
+    help="Proxy this OpenAI-compatible base URL (e.g. http://host:8001/v1) instead of a local "
+    "model; its outputs cannot be watermarked. Its key is read from DISTILLGUARD_UPSTREAM_API_KEY.",
+)
+@click.option("--no-monitor", is_flag=True, help="Do not run the harvest monitor.")
+@click.option(
+    "--policy",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="TOML file: what each tier does and the score thresholds (docs/deployment.md).",
+)
+@click.option(
+    "--risk-model",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Risk model JSON (benchmarks/monitor.py --write-model). Default: the shipped one.",
+)
+@click.option(
+    "--redis",
+    envvar="DISTILLGUARD_REDIS_URL",
+    default=None,
+    help="Redis URL (redis://host:6379/0) for rate limits and monitor state shared by every "
+    "replica [env DISTILLGUARD_REDIS_URL]. Default: in this process's memory.",
+)
+@click.option(
+    "--workers",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Gateway processes on this port (more than 1 needs --redis).",
+)
+@click.option(
+    "--limiter-fail-open",
+    is_flag=True,
+    help="When Redis is unreachable, admit requests uncounted instead of answering 503.",
+)
+@click.pass_obj
+def serve(
+    state: State,
+    host: str,
+    port: int,
+    model_dir: Path | None,
+    max_body_bytes: int,
+    no_store_text: bool,
+    tenant_rpm: int | None,
+    tenant_tpm: int | None,
+    upstream: str | None,
+    no_monitor: bool,
+    policy: Path | None,
+    risk_model: Path | None,
+    redis: str | None,
+    workers: int,
+    limiter_fail_open: bool,
+) -> None:
+    """Run the OpenAI-compatible gateway (the embedded model unless --model or --upstream).
+
+    State lives in the data directory (SQLite), or in PostgreSQL with --database. Several
+    processes (--workers N, or replicas on other machines) share one PostgreSQL or SQLite
+    store and one Redis: limits stay exact across all of them, the audit log stays one chain,
+    and the monitor sees all traffic. On first start it creates the master secret
+    and a demo API key, printed once. The harvest monitor watches every key and moves harvesters
+    up the tiers (watch, throttle, block). The admin API (/v1/admin/...) is on when
+    DISTILLGUARD_ADMIN_TOKEN is set; requests to it carry that token as a bearer token.
+    """
+    require("uvicorn", "gateway")
+    import uvicorn
+
+    from distillguard.gateway.admin_client import admin_token_from_env
+    from distillguard.gateway.server import build_server, prepare_home
+
+    if workers > 1 and not redis:
+        raise ConfigError(
+            "--workers above 1 needs --redis: limits and the monitor must be shared by the workers"
+        )
+    options: dict[str, Any] = {
+        "home": state.home,
+        "model": model_dir,
+        "max_body_bytes": max_body_bytes,
+        "store_text": not no_store_text,
+        "upstream": upstream,
+        "upstream_api_key": os.environ.get("DISTILLGUARD_UPSTREAM_API_KEY"),
+        "tenant_limits": _tenant_limits(tenant_rpm, tenant_tpm),
+        "monitor": not no_monitor,
+        "policy": policy,
+        "risk_model": risk_model,
+        "admin_token": admin_token_from_env(),
+        "database": state.database,
+        "redis": redis,
+        "limiter_fail_open": limiter_fail_open,
+    }
+    if workers > 1:
+        from distillguard.gateway.workers import serve_workers
+
+        demo_key = prepare_home(state.home, state.database)
+        if demo_key is not None:
+            click.echo(f"demo API key (tenant demo, shown once): {demo_key}")
+        click.echo(f"serving on http://{host}:{port}/v1 with {workers} workers", err=True)
+        serve_workers(options, host, port, workers)
+        return
+    server = build_server(**options)
+    if server.demo_key is not None:
+        click.echo(f"demo API key (tenant demo, shown once): {server.demo_key}")
+    names = ", ".join(server.gateway.model_names)
+    click.echo(f"serving {names} on http://{host}:{port}/v1", err=True)
+    try:
+        uvicorn.run(server.gateway.app, host=host, port=port, log_level="warning", access_log=False)
+    finally:
+        server.close()
+
+
+def _tenant_limits(rpm: int | None, tpm: int | None) -> Any:
+    if rpm is None and tpm is None:
+        return None
+    from distillguard.gateway.ratelimit import Limits
+
+    return Limits(rpm if rpm is not None else 10**9, tpm if tpm is not None else 10**12)

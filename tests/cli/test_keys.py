@@ -1,0 +1,46 @@
+"""`distillguard keys`: the master secret, tenant keys (never printed) and API keys."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .conftest import assert_one_line_error, run
+
+
+def test_keys_init_then_tenant_prints_id_and_commitment_never_the_key(tmp_path: Path) -> None:
+    code, out, _ = run(tmp_path, "keys", "init")
+    assert code == 0 and "created" in out
+    code, out, _ = run(tmp_path, "keys", "init")
+    assert code == 0 and "already present" in out
+    code, out, _ = run(tmp_path, "keys", "tenant", "acme", "--json")
+    assert code == 0
+    fields = json.loads(out)
+    assert fields["key_id"].startswith("wk_")
+    assert fields["commitment"].startswith("sha256:")
+    from distillguard.keys import derive_tenant_key, load_master_secret
+
+    material = derive_tenant_key(load_master_secret(tmp_path), "acme").material
+    assert material.hex() not in out
+    # the commitment is recorded once and shown unchanged afterwards
+    assert json.loads(run(tmp_path, "keys", "tenant", "acme", "--json")[1]) == fields
+
+
+def test_tenant_without_a_secret_is_a_one_line_error(tmp_path: Path) -> None:
+    assert_one_line_error(run(tmp_path, "keys", "tenant", "acme"), "keys init")
+
+
+def test_api_keys_create_list_revoke(tmp_path: Path) -> None:
+    code, out, _ = run(
+        tmp_path, "keys", "create", "--tenant", "acme", "--rpm", "10", "--tpm", "1000"
+    )
+    assert code == 0
+    api_key = next(line.split()[-1] for line in out.splitlines() if line.startswith("api key"))
+    key_id = next(line.split()[-1] for line in out.splitlines() if line.startswith("key id"))
+    code, out, _ = run(tmp_path, "keys", "list", "--json")
+    listed = json.loads(out)
+    assert [item["key_id"] for item in listed] == [key_id]
+    assert api_key not in out and api_key.split("-")[-1] not in out
+    assert run(tmp_path, "keys", "revoke", key_id)[0] == 0
+    assert json.loads(run(tmp_path, "keys", "list", "--json")[1])[0]["revoked_at"]
+    assert_one_line_error(run(tmp_path, "keys", "revoke", key_id), "no active API key")
