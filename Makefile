@@ -35,6 +35,7 @@ bench: $(STAMP)
 
 docs: $(STAMP)
 	$(BIN)/python scripts/gen_cli_docs.py > docs/cli.md
+	$(BIN)/python scripts/gen_architecture_docs.py > docs/architecture.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -42,7 +42,8 @@ from distillguard.experiments.evaluate import (
     metrics,
     replay_monitor,
 )
-from distillguard.experiments.simulate import Population, Simulation, simulate
+from distillguard.experiments.population import Population
+from distillguard.experiments.simulate import Simulation, simulate
 from distillguard.experiments.sources import BENIGN_SOURCES, HARVEST_SOURCES, PromptSources
 from distillguard.monitor.model import RiskModel
 from distillguard.monitor.monitor import Monitor

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from distillguard.experiments.simulate import Population, Simulation, simulate
+from distillguard.experiments.population import Population
+from distillguard.experiments.simulate import Simulation, simulate
 from distillguard.experiments.sources import (
     BENIGN_SOURCES,
     HARVEST_SOURCES,

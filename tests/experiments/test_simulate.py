@@ -13,7 +13,8 @@ from distillguard.experiments.evaluate import (
     replay_monitor,
     ring_ari,
 )
-from distillguard.experiments.simulate import Population, Simulation, Truth, simulate
+from distillguard.experiments.population import Population, Truth
+from distillguard.experiments.simulate import Simulation, simulate
 from distillguard.experiments.sources import BENIGN_SOURCES, HARVEST_SOURCES, PromptSources
 from distillguard.monitor.monitor import Monitor
 

@@ -10,11 +10,11 @@ import pytest
 
 from distillguard.errors import InputError, SchemeError
 from distillguard.forensics.radioactivity import (
-    _chernoff_log10,
     black_box_focused_test,
     black_box_test,
     open_weights_test,
 )
+from distillguard.forensics.radioactivity.open_weights import _chernoff_log10
 from distillguard.watermark import hashing
 from distillguard.watermark.key import WatermarkKey, key_word_array
 from distillguard.watermark.scheme import Scheme, SchemeConfig

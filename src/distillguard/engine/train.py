@@ -194,18 +194,77 @@ def train_model(
     Checkpoints go to ``output_dir/checkpoint``; with `resume` a run continues from the last one
     (same configuration required) and the result is the same as an uninterrupted run.
     """
-    from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
-
     config = config or TrainConfig()
     started = time.perf_counter()
     output_dir.mkdir(parents=True, exist_ok=True)
+    data = _prepare_data(config)
+    run = _new_run(config, data.end_of_text)
+    checkpoint_dir = output_dir / CHECKPOINT_DIR
+    checkpoint_file = checkpoint_dir / "state.pt"
+    if resume and checkpoint_file.is_file():
+        _resume(run, checkpoint_file, config)
+    _train(run, data.train_stream, config, checkpoint_file, progress=progress, on_step=on_step)
+
+    model = run.model
+    if config.fp16_weights:
+        model = model.half().float()  # what the shipped fp16 file will hold
+    perplexity = validation_perplexity(model, data.validation_stream, config.context)
+    if config.fp16_weights:
+        model = model.half()
+    _save_model(output_dir, model, data.tokenizer, config)
+    seconds = time.perf_counter() - started
+    result = TrainResult(
+        output_dir=output_dir,
+        parameters=sum(parameter.numel() for parameter in model.parameters()),
+        validation_perplexity=perplexity,
+        corpus_sha256=data.corpus.sha256,
+        train_tokens=int(data.train_stream.size),
+        seconds=seconds,
+    )
+    _write_card(output_dir, config, result, data.corpus, int(data.validation_stream.size))
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    return result
+
+
+@dataclass(frozen=True)
+class _Data:
+    """The corpus, the tokenizer trained on it, and both splits as token streams."""
+
+    corpus: Corpus
+    tokenizer: Any
+    end_of_text: int
+    train_stream: np.ndarray
+    validation_stream: np.ndarray
+
+
+def _prepare_data(config: TrainConfig) -> _Data:
     corpus = build_corpus()
     if config.max_train_paragraphs is not None:
         corpus = replace(corpus, train=corpus.train[: config.max_train_paragraphs])
     tokenizer = train_tokenizer(corpus, config.vocab_size)
     end_of_text = tokenizer.token_to_id(END_OF_TEXT)
-    train_stream = _token_stream(tokenizer, corpus.train, end_of_text)
-    validation_stream = _token_stream(tokenizer, corpus.validation, end_of_text)
+    return _Data(
+        corpus=corpus,
+        tokenizer=tokenizer,
+        end_of_text=end_of_text,
+        train_stream=_token_stream(tokenizer, corpus.train, end_of_text),
+        validation_stream=_token_stream(tokenizer, corpus.validation, end_of_text),
+    )
+
+
+@dataclass
+class _Run:
+    """The training state a checkpoint saves (with the configuration and torch's RNG state)."""
+
+    model: Any
+    optimizer: Any
+    batches: np.random.Generator
+    step: int = 0
+
+
+def _new_run(config: TrainConfig, end_of_text: int) -> _Run:
+    """A freshly initialized model and AdamW (no weight decay on biases and norms), seeded."""
+    from transformers import GPT2LMHeadModel
 
     random.seed(config.seed)
     np.random.seed(config.seed)
@@ -221,64 +280,84 @@ def train_model(
         lr=config.learning_rate,
         betas=(0.9, 0.95),
     )
-    batches = np.random.default_rng(config.seed)
-    start_step = 0
-    checkpoint_dir = output_dir / CHECKPOINT_DIR
-    checkpoint_file = checkpoint_dir / "state.pt"
-    if resume and checkpoint_file.is_file():
-        state = torch.load(checkpoint_file, weights_only=False)
-        if state["config"] != asdict(config):
-            raise ConfigError(
-                f"{checkpoint_file} was written with another configuration; "
-                "remove it or pass --no-resume"
-            )
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        batches.bit_generator.state = state["batches"]
-        torch.set_rng_state(state["torch_rng"])
-        start_step = state["step"]
+    return _Run(model=model, optimizer=optimizer, batches=np.random.default_rng(config.seed))
 
-    bar = _progress(config.steps, start_step, enabled=progress)
-    model.train()
-    for step in range(start_step, config.steps):
-        for group in optimizer.param_groups:
-            group["lr"] = _learning_rate(config, step)
-        starts = batches.integers(0, train_stream.size - config.context, size=config.batch_size)
-        windows = np.stack([train_stream[start : start + config.context] for start in starts])
-        tokens = torch.from_numpy(windows)
-        # the model shifts the labels itself: position t predicts token t + 1
-        loss = model(input_ids=tokens, attention_mask=torch.ones_like(tokens), labels=tokens).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+
+def _resume(run: _Run, checkpoint_file: Path, config: TrainConfig) -> None:
+    state = torch.load(checkpoint_file, weights_only=False)
+    if state["config"] != asdict(config):
+        raise ConfigError(
+            f"{checkpoint_file} was written with another configuration; "
+            "remove it or pass --no-resume"
+        )
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.batches.bit_generator.state = state["batches"]
+    torch.set_rng_state(state["torch_rng"])
+    run.step = state["step"]
+
+
+def _save_checkpoint(run: _Run, checkpoint_file: Path, config: TrainConfig) -> None:
+    checkpoint_file.parent.mkdir(exist_ok=True)
+    temporary = checkpoint_file.with_suffix(".tmp")
+    torch.save(
+        {
+            "config": asdict(config),
+            "model": run.model.state_dict(),
+            "optimizer": run.optimizer.state_dict(),
+            "batches": run.batches.bit_generator.state,
+            "torch_rng": torch.get_rng_state(),
+            "step": run.step,
+        },
+        temporary,
+    )
+    os.replace(temporary, checkpoint_file)
+
+
+def _train(
+    run: _Run,
+    stream: np.ndarray,
+    config: TrainConfig,
+    checkpoint_file: Path,
+    *,
+    progress: bool,
+    on_step: Callable[[int, float], None] | None,
+) -> None:
+    """Train from `run.step` to `config.steps`, checkpointing every `checkpoint_every` steps."""
+    bar = _progress(config.steps, run.step, enabled=progress)
+    run.model.train()
+    for step in range(run.step, config.steps):
+        loss = _step(run, stream, config, step)
+        run.step = step + 1
         bar.update(1)
-        loss_value = float(loss.detach())
-        bar.set_postfix(loss=f"{loss_value:.3f}")
+        bar.set_postfix(loss=f"{loss:.3f}")
         if on_step is not None:
-            on_step(step, loss_value)
-        if (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
-            checkpoint_dir.mkdir(exist_ok=True)
-            temporary = checkpoint_file.with_suffix(".tmp")
-            torch.save(
-                {
-                    "config": asdict(config),
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "batches": batches.bit_generator.state,
-                    "torch_rng": torch.get_rng_state(),
-                    "step": step + 1,
-                },
-                temporary,
-            )
-            os.replace(temporary, checkpoint_file)
+            on_step(step, loss)
+        if run.step % config.checkpoint_every == 0 and run.step < config.steps:
+            _save_checkpoint(run, checkpoint_file, config)
     bar.close()
 
-    if config.fp16_weights:
-        model = model.half().float()  # what the shipped fp16 file will hold
-    perplexity = validation_perplexity(model, validation_stream, config.context)
-    if config.fp16_weights:
-        model = model.half()
+
+def _step(run: _Run, stream: np.ndarray, config: TrainConfig, step: int) -> float:
+    """One optimizer step on a batch of random windows of the stream; returns the loss."""
+    for group in run.optimizer.param_groups:
+        group["lr"] = _learning_rate(config, step)
+    starts = run.batches.integers(0, stream.size - config.context, size=config.batch_size)
+    windows = np.stack([stream[start : start + config.context] for start in starts])
+    tokens = torch.from_numpy(windows)
+    # the model shifts the labels itself: position t predicts token t + 1
+    loss = run.model(input_ids=tokens, attention_mask=torch.ones_like(tokens), labels=tokens).loss
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(run.model.parameters(), 1.0)
+    run.optimizer.step()
+    return float(loss.detach())
+
+
+def _save_model(output_dir: Path, model: Any, tokenizer: Any, config: TrainConfig) -> None:
+    """The weights, the generation config and the tokenizer (with the chat template)."""
+    from transformers import PreTrainedTokenizerFast
+
     model.save_pretrained(output_dir, safe_serialization=True)
     model.generation_config.save_pretrained(output_dir)
     fast: Any = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
@@ -290,18 +369,6 @@ def train_model(
     )
     fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(output_dir)
-    seconds = time.perf_counter() - started
-    result = TrainResult(
-        output_dir=output_dir,
-        parameters=sum(parameter.numel() for parameter in model.parameters()),
-        validation_perplexity=perplexity,
-        corpus_sha256=corpus.sha256,
-        train_tokens=int(train_stream.size),
-        seconds=seconds,
-    )
-    _write_card(output_dir, config, result, corpus, int(validation_stream.size))
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)
-    return result
 
 
 def _write_card(

@@ -259,17 +259,7 @@ def train_student(
         raise ValueError("contamination must be in [0, 1]")
     rng = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)
-    wanted = config.train_tokens
-    harvested_tokens = round(wanted * contamination)
-    stream = np.concatenate(
-        [
-            _stream(harvested, end_of_text, harvested_tokens, rng),
-            _stream(clean, end_of_text, wanted - harvested_tokens, rng),
-        ]
-    )
-    width = config.context + 1
-    rows = stream[: (stream.size // width) * width].reshape(-1, width)
-    rng.shuffle(rows)  # harvested and clean windows interleave
+    rows = _mixed_rows(harvested, clean, contamination, config, end_of_text, rng)
     if base is not None:
         model = copy.deepcopy(base)
         learning_rate = config.learning_rate
@@ -292,15 +282,8 @@ def train_student(
     model.train()
     for step in range(steps):
         batch = torch.from_numpy(rows[step * config.batch_size : (step + 1) * config.batch_size])
-        # linear warmup over 5% of the steps, then cosine decay
-        warmup = max(1, steps // 20)
-        scale = (
-            (step + 1) / warmup
-            if step < warmup
-            else 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
-        )
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate * scale
+            group["lr"] = learning_rate * _warmup_cosine(step, steps)
         loss = model(input_ids=batch[:, :-1], labels=batch[:, :-1]).loss  # shifted inside
         optimizer.zero_grad()
         loss.backward()
@@ -314,6 +297,38 @@ def train_student(
     if output_dir is not None:
         model.save_pretrained(output_dir)
     return model
+
+
+def _mixed_rows(
+    harvested: Sequence[Sequence[int]],
+    clean: Sequence[Sequence[int]],
+    contamination: float,
+    config: StudentConfig,
+    end_of_text: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """`train_tokens` tokens, a fraction `contamination` harvested, as shuffled training rows
+    of context + 1 tokens."""
+    wanted = config.train_tokens
+    harvested_tokens = round(wanted * contamination)
+    stream = np.concatenate(
+        [
+            _stream(harvested, end_of_text, harvested_tokens, rng),
+            _stream(clean, end_of_text, wanted - harvested_tokens, rng),
+        ]
+    )
+    width = config.context + 1
+    rows = stream[: (stream.size // width) * width].reshape(-1, width)
+    rng.shuffle(rows)  # harvested and clean windows interleave
+    return rows
+
+
+def _warmup_cosine(step: int, steps: int) -> float:
+    """The learning rate's scale: linear warmup over 5% of the steps, then cosine decay."""
+    warmup = max(1, steps // 20)
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
 
 def pretrain_base(

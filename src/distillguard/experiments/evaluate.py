@@ -30,7 +30,8 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import stats
 
-from distillguard.experiments.simulate import Simulation, Truth
+from distillguard.experiments.population import Truth
+from distillguard.experiments.simulate import Simulation
 from distillguard.monitor.events import MonitorEvent
 from distillguard.monitor.features import FEATURES
 from distillguard.monitor.model import RiskModel, fit_logistic

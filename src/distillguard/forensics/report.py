@@ -12,6 +12,7 @@ import html
 import json
 import math
 from contextlib import closing
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
@@ -34,44 +35,21 @@ def build_report(
     audit: dict[str, Any], home: Path, *, database: str | None = None
 ) -> dict[str, Any]:
     """The report's content, from an audit's JSON and the data directory's records."""
-    from distillguard.keys import recorded_commitments
-    from distillguard.monitor.history import TierHistory
-    from distillguard.store import connect
-    from distillguard.store.audit import verify_chain
-    from distillguard.store.usage import read_usage
-
     results = audit.get("results")
     if not isinstance(results, list) or not results:
         raise InputError("not an audit result: run `distillguard audit suspect --json` first")
     primary = results[0]
     best = primary["best"]
     tenant = best.get("tenant")
-    with closing(connect(home, url=database)) as connection:
-        chain = verify_chain(connection)
-        commitments = (
-            [
-                c
-                for c in recorded_commitments(connection, tenant=tenant)
-                if c.key_id == best["key_id"]
-            ]
-            if tenant
-            else []
-        )
-        usage = read_usage(connection, tenant=tenant) if tenant else []
-        timeline = _daily_usage(usage)
-    history = TierHistory(lambda: connect(home, url=database)).changes() if tenant else []
-    key_ids = {row.key_id for row in usage}
-    tier_changes = [change for change in history if change["key_id"] in key_ids]
-    adjusted = float(best["adjusted_log10_p"])
-    significant = adjusted <= -3.0
-    controls = audit.get("controls") or []
+    records = _read_records(home, database, tenant, best["key_id"])
+    significant = float(best["adjusted_log10_p"]) <= -3.0
     return {
         "report_version": 1,
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
         "generator": f"distillguard {__version__}",
         "suspect": audit.get("suspect", ""),
         "mode": audit.get("mode", ""),
-        "summary": _summary(audit, best, significant, chain.ok),
+        "summary": _summary(audit, best, significant, records.audit_chain["ok"]),
         "null_hypothesis": (
             f"The suspect model never learned from text watermarked with tenant {tenant}'s "
             "key. Under this hypothesis each scored (context, token) pair is green with "
@@ -89,43 +67,70 @@ def build_report(
                 }
                 for result in results
             ],
-            "description": (
-                "Black-box: the suspect's completions to our prompts, tokenized with our "
-                "tokenizer; each (context, token) tuple scored once; tuples whose context occurs "
-                "in the query's prompt dropped. Open weights: our logged outputs teacher-forced "
-                "through the suspect; its top-1 prediction scored per distinct (context, "
-                "prediction) pair; the probability mass it puts on green tokens; and, with a "
-                "reference model, how much more mass it puts on green tokens than the "
-                "reference (the green mass shift). Predictions that copy a tuple from the "
-                "model's input are not scored. P-values: exact binomial upper tails (the two "
-                "mass lines: Chernoff bounds, valid and a little conservative). Attribution: "
-                "Holm-Bonferroni over every tenant tested."
-            ),
+            "description": _METHODS,
         },
-        "attribution": {
-            "tenant": tenant,
-            "key_id": best["key_id"],
-            "log10_p": best["log10_p"],
-            "adjusted_log10_p": adjusted,
-            "tenants_tested": len(primary["keys"]),
-            "significant": significant,
-            "ranking": sorted(
-                (
-                    {
-                        "tenant": k["tenant"],
-                        "key_id": k["key_id"],
-                        "log10_p": k["log10_p"],
-                        "score": k["score"],
-                        "expected": k["expected"],
-                    }
-                    for k in primary["keys"]
-                ),
-                key=lambda k: k["log10_p"],
-            )[:10],
-        },
+        "attribution": _attribution(primary, significant),
         "results": results,
-        "controls": controls,
-        "commitment": [
+        "controls": audit.get("controls") or [],
+        "commitment": records.commitment,
+        "audit_chain": records.audit_chain,
+        "account_timeline": {"daily": records.daily, "tier_changes": records.tier_changes},
+        "reproduce": audit.get("command", ""),
+    }
+
+
+_METHODS = (
+    "Black-box: the suspect's completions to our prompts, tokenized with our "
+    "tokenizer; each (context, token) tuple scored once; tuples whose context occurs "
+    "in the query's prompt dropped. Open weights: our logged outputs teacher-forced "
+    "through the suspect; its top-1 prediction scored per distinct (context, "
+    "prediction) pair; the probability mass it puts on green tokens; and, with a "
+    "reference model, how much more mass it puts on green tokens than the "
+    "reference (the green mass shift). Predictions that copy a tuple from the "
+    "model's input are not scored. P-values: exact binomial upper tails (the two "
+    "mass lines: Chernoff bounds, valid and a little conservative). Attribution: "
+    "Holm-Bonferroni over every tenant tested."
+)
+
+
+@dataclass(frozen=True)
+class _Records:
+    """What the data directory holds on the attributed key, in the report's shape."""
+
+    audit_chain: dict[str, Any]  # the verification of the whole audit chain
+    commitment: list[dict[str, Any]]  # the key's recorded commitments
+    daily: list[dict[str, Any]]  # the tenant's requests and completion tokens per day
+    tier_changes: list[dict[str, Any]]  # the monitor's tier changes of the tenant's API keys
+
+
+def _read_records(home: Path, database: str | None, tenant: str | None, key_id: str) -> _Records:
+    """The audit chain's verification, and (with a tenant) the key's commitments and the
+    tenant's usage and tier history."""
+    from distillguard.keys import recorded_commitments
+    from distillguard.monitor.history import TierHistory
+    from distillguard.store import connect
+    from distillguard.store.audit import verify_chain
+    from distillguard.store.usage import read_usage
+
+    with closing(connect(home, url=database)) as connection:
+        chain = verify_chain(connection)
+        commitments = (
+            [c for c in recorded_commitments(connection, tenant=tenant) if c.key_id == key_id]
+            if tenant
+            else []
+        )
+        usage = read_usage(connection, tenant=tenant) if tenant else []
+        daily = _daily_usage(usage)
+    history = TierHistory(lambda: connect(home, url=database)).changes() if tenant else []
+    key_ids = {row.key_id for row in usage}
+    return _Records(
+        audit_chain={
+            "ok": chain.ok,
+            "records": chain.records,
+            "first_bad_seq": chain.first_bad_seq,
+            "reason": chain.reason,
+        },
+        commitment=[
             {
                 "tenant": c.tenant,
                 "key_id": c.key_id,
@@ -136,14 +141,34 @@ def build_report(
             }
             for c in commitments
         ],
-        "audit_chain": {
-            "ok": chain.ok,
-            "records": chain.records,
-            "first_bad_seq": chain.first_bad_seq,
-            "reason": chain.reason,
-        },
-        "account_timeline": {"daily": timeline, "tier_changes": tier_changes},
-        "reproduce": audit.get("command", ""),
+        daily=daily,
+        tier_changes=[change for change in history if change["key_id"] in key_ids],
+    )
+
+
+def _attribution(primary: dict[str, Any], significant: bool) -> dict[str, Any]:
+    """The best key of the leading result, and the ten keys with the smallest p-values."""
+    best = primary["best"]
+    return {
+        "tenant": best.get("tenant"),
+        "key_id": best["key_id"],
+        "log10_p": best["log10_p"],
+        "adjusted_log10_p": float(best["adjusted_log10_p"]),
+        "tenants_tested": len(primary["keys"]),
+        "significant": significant,
+        "ranking": sorted(
+            (
+                {
+                    "tenant": k["tenant"],
+                    "key_id": k["key_id"],
+                    "log10_p": k["log10_p"],
+                    "score": k["score"],
+                    "expected": k["expected"],
+                }
+                for k in primary["keys"]
+            ),
+            key=lambda k: k["log10_p"],
+        )[:10],
     }
 
 
@@ -194,65 +219,22 @@ def _daily_usage(usage: list[Any]) -> list[dict[str, Any]]:
 
 
 def render_html(report: dict[str, Any]) -> str:
+    """The report as one self-contained HTML page (plots inline as SVG)."""
     e = html.escape
     chain = report["audit_chain"]
     attribution = report["attribution"]
-    banner = ""
-    if not chain["ok"]:
-        banner = (
-            '<div class="alarm"><strong>The audit log failed verification</strong> at record '
-            f"{chain['first_bad_seq']}: {e(str(chain['reason']))}. The usage records behind this "
-            "report may have been altered; treat every figure below with that in mind.</div>"
-        )
-    primary = report["results"][0]
     # the plots need a binomial test (its curve and its null spread): the first exact line
-    plotted = next((r for r in report["results"] if r.get("exact")), primary)
-    ranking_rows = "".join(
-        f"<tr><td>{e(str(k['tenant']))}</td><td><code>{e(k['key_id'])}</code></td>"
-        f"<td>{k['score']:.1f}</td><td>{k['expected']:.1f}</td><td>{_p_text(k['log10_p'])}</td></tr>"
-        for k in attribution["ranking"]
-    )
+    plotted = next((r for r in report["results"] if r.get("exact")), report["results"][0])
     result_rows = "".join(_result_row("suspect", r) for r in report["results"]) + "".join(
         _result_row("control", r) for r in report["controls"]
-    )
-    commitment_rows = (
-        "".join(
-            f"<tr><td>{e(c['tenant'])}</td><td><code>{e(c['key_id'])}</code></td>"
-            f"<td>{e(c['created_at'])}</td><td><code>{e(c['commitment'])}</code></td>"
-            f"<td><code>{e(c['scheme_fingerprint'])}</code></td></tr>"
-            for c in report["commitment"]
-        )
-        or '<tr><td colspan="5">no commitment recorded for this key</td></tr>'
-    )
-    parameters = "".join(
-        f"<tr><th>{e(str(name))}</th><td>{e(str(value))}</td></tr>"
-        for name, value in report["methods"]["parameters"].items()
-    )
-    tier_rows = (
-        "".join(
-            f"<tr><td>{e(c['changed_at'])}</td><td><code>{e(c['key_id'])}</code></td>"
-            f"<td>{e(c['previous'])} &rarr; {e(c['tier'])}</td><td>{c['requests']}</td>"
-            f"<td>{e('; '.join(c['reasons']))}</td></tr>"
-            for c in report["account_timeline"]["tier_changes"]
-        )
-        or '<tr><td colspan="5">no tier changes recorded</td></tr>'
     )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <title>Evidence report: {e(report["suspect"])}</title>
-<style>
-body {{ font: 15px/1.5 Georgia, serif; max-width: 60rem; margin: 2rem auto; color: #111; }}
-h1 {{ font-size: 1.6rem; }} h2 {{ font-size: 1.2rem; margin-top: 2rem; border-bottom: 1px solid #ccc; }}
-table {{ border-collapse: collapse; margin: .5rem 0; }} td, th {{ border: 1px solid #ccc; padding: .2rem .5rem; text-align: left; font-size: .9rem; }}
-code {{ font-size: .8rem; word-break: break-all; }}
-.alarm {{ border: 3px solid #b00; background: #fee; padding: 1rem; margin: 1rem 0; }}
-.summary {{ font-size: 1.05rem; background: #f6f6f0; padding: 1rem; }}
-.plots {{ display: flex; flex-wrap: wrap; gap: 1rem; }}
-@media print {{ h2 {{ break-after: avoid; }} }}
-</style></head><body>
+{_STYLE}</head><body>
 <h1>Evidence report: did {e(report["suspect"])} learn from our outputs?</h1>
 <p>Generated {e(report["generated_at"])} by {e(report["generator"])}. Mode: {e(report["mode"])}.</p>
-{banner}
+{_alarm(chain)}
 <h2>Summary</h2>
 <p class="summary">{e(report["summary"])}</p>
 <h2>The question, as a null hypothesis</h2>
@@ -261,27 +243,93 @@ result at least as strong as the one observed.</p>
 <h2>Attribution</h2>
 <p>Best tenant: <strong>{e(str(attribution["tenant"]))}</strong>, p {_p_text(attribution["log10_p"])},
 {_p_text(attribution["adjusted_log10_p"])} after Holm-Bonferroni over {attribution["tenants_tested"]} tenants.</p>
-<table><tr><th>tenant</th><th>key id</th><th>score</th><th>expected</th><th>p-value</th></tr>{ranking_rows}</table>
+<table><tr><th>tenant</th><th>key id</th><th>score</th><th>expected</th><th>p-value</th></tr>{_ranking_rows(attribution["ranking"])}</table>
 <h2>Results and controls</h2>
 <table><tr><th>run</th><th>statistic</th><th>scored</th><th>best</th><th>p-value</th><th>corrected</th></tr>{result_rows}</table>
 <div class="plots">{_curve_svg(plotted)}{_green_svg(plotted)}{_usage_svg(report["account_timeline"]["daily"])}</div>
 <p class="note">Plots: the {e(plotted["statistic"])} test (exact binomial), the first such line above.</p>
 <h2>Methods and parameters</h2>
 <p>{e(report["methods"]["description"])}</p>
-<table>{parameters}</table>
+<table>{_parameter_rows(report["methods"]["parameters"])}</table>
 <h2>Key commitment</h2>
 <p>The tenant's key was committed to (SHA-256 over the key, the scheme fingerprint and the
 timestamp) when it was first used; the commitment can be checked without revealing the key.</p>
-<table><tr><th>tenant</th><th>key id</th><th>committed at</th><th>commitment</th><th>scheme</th></tr>{commitment_rows}</table>
+<table><tr><th>tenant</th><th>key id</th><th>committed at</th><th>commitment</th><th>scheme</th></tr>{_commitment_rows(report["commitment"])}</table>
 <h2>Audit log</h2>
 <p>{"The hash chain over every usage record verifies" if chain["ok"] else "The hash chain FAILED at record " + str(chain["first_bad_seq"])}: {chain["records"]} records checked.</p>
 <h2>The account: usage and risk</h2>
-<table><tr><th>when</th><th>key</th><th>tier</th><th>requests</th><th>reasons</th></tr>{tier_rows}</table>
+<table><tr><th>when</th><th>key</th><th>tier</th><th>requests</th><th>reasons</th></tr>{_tier_rows(report["account_timeline"]["tier_changes"])}</table>
 <h2>Reproduce</h2>
 <p><code>{e(report["reproduce"] or "(command not recorded)")}</code></p>
 <p>To print: <code>chromium --headless --no-sandbox --disable-gpu --print-to-pdf=report.pdf report.html</code></p>
 </body></html>
 """
+
+
+_STYLE = """<style>
+body { font: 15px/1.5 Georgia, serif; max-width: 60rem; margin: 2rem auto; color: #111; }
+h1 { font-size: 1.6rem; } h2 { font-size: 1.2rem; margin-top: 2rem; border-bottom: 1px solid #ccc; }
+table { border-collapse: collapse; margin: .5rem 0; } td, th { border: 1px solid #ccc; padding: .2rem .5rem; text-align: left; font-size: .9rem; }
+code { font-size: .8rem; word-break: break-all; }
+.alarm { border: 3px solid #b00; background: #fee; padding: 1rem; margin: 1rem 0; }
+.summary { font-size: 1.05rem; background: #f6f6f0; padding: 1rem; }
+.plots { display: flex; flex-wrap: wrap; gap: 1rem; }
+@media print { h2 { break-after: avoid; } }
+</style>"""
+
+
+def _alarm(chain: dict[str, Any]) -> str:
+    """The warning above everything else when the audit log failed verification."""
+    if chain["ok"]:
+        return ""
+    return (
+        '<div class="alarm"><strong>The audit log failed verification</strong> at record '
+        f"{chain['first_bad_seq']}: {html.escape(str(chain['reason']))}. The usage records behind this "
+        "report may have been altered; treat every figure below with that in mind.</div>"
+    )
+
+
+def _ranking_rows(ranking: list[dict[str, Any]]) -> str:
+    e = html.escape
+    return "".join(
+        f"<tr><td>{e(str(k['tenant']))}</td><td><code>{e(k['key_id'])}</code></td>"
+        f"<td>{k['score']:.1f}</td><td>{k['expected']:.1f}</td><td>{_p_text(k['log10_p'])}</td></tr>"
+        for k in ranking
+    )
+
+
+def _commitment_rows(commitments: list[dict[str, Any]]) -> str:
+    e = html.escape
+    return (
+        "".join(
+            f"<tr><td>{e(c['tenant'])}</td><td><code>{e(c['key_id'])}</code></td>"
+            f"<td>{e(c['created_at'])}</td><td><code>{e(c['commitment'])}</code></td>"
+            f"<td><code>{e(c['scheme_fingerprint'])}</code></td></tr>"
+            for c in commitments
+        )
+        or '<tr><td colspan="5">no commitment recorded for this key</td></tr>'
+    )
+
+
+def _parameter_rows(parameters: dict[str, Any]) -> str:
+    e = html.escape
+    return "".join(
+        f"<tr><th>{e(str(name))}</th><td>{e(str(value))}</td></tr>"
+        for name, value in parameters.items()
+    )
+
+
+def _tier_rows(changes: list[dict[str, Any]]) -> str:
+    e = html.escape
+    return (
+        "".join(
+            f"<tr><td>{e(c['changed_at'])}</td><td><code>{e(c['key_id'])}</code></td>"
+            f"<td>{e(c['previous'])} &rarr; {e(c['tier'])}</td><td>{c['requests']}</td>"
+            f"<td>{e('; '.join(c['reasons']))}</td></tr>"
+            for c in changes
+        )
+        or '<tr><td colspan="5">no tier changes recorded</td></tr>'
+    )
 
 
 def _result_row(label: str, result: dict[str, Any]) -> str:

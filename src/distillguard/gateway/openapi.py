@@ -37,8 +37,48 @@ _COMMON: dict[str, Any] = {
 
 
 def openapi_document(model_names: tuple[str, ...]) -> dict[str, Any]:
+    """The description of the routes the gateway serves, for these model names."""
     model = {"type": "string", "enum": list(model_names)}
-    chat_request = {
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "distillguard gateway", "version": "1"},
+        "paths": {
+            "/v1/models": {
+                "get": {
+                    "summary": "served models",
+                    "security": [{"bearer": []}],
+                    "responses": {
+                        "200": {
+                            "description": "model list",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        },
+                        "401": _ERRORS["401"],
+                    },
+                }
+            },
+            "/v1/chat/completions": _post("chat completion", _chat_request(model)),
+            "/v1/completions": _post("text completion", _completion_request(model)),
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": {
+                        "error": {
+                            "type": "object",
+                            "required": ["message", "type", "param", "code"],
+                        }
+                    },
+                }
+            },
+        },
+    }
+
+
+def _chat_request(model: dict[str, Any]) -> dict[str, Any]:
+    return {
         "type": "object",
         "required": ["model", "messages"],
         "properties": _COMMON
@@ -65,7 +105,10 @@ def openapi_document(model_names: tuple[str, ...]) -> dict[str, Any]:
             "safety_identifier": {"type": "string"},
         },
     }
-    completion_request = {
+
+
+def _completion_request(model: dict[str, Any]) -> dict[str, Any]:
+    return {
         "type": "object",
         "required": ["model", "prompt"],
         "properties": _COMMON
@@ -80,6 +123,10 @@ def openapi_document(model_names: tuple[str, ...]) -> dict[str, Any]:
             "logprobs": {"type": "integer", "minimum": 0, "maximum": 5},
         },
     }
+
+
+def _post(summary: str, schema: dict[str, Any]) -> dict[str, Any]:
+    """A POST route taking `schema` as its JSON body."""
     ok = {
         "description": "the completion (JSON, or server-sent events when stream is true)",
         "content": {
@@ -87,53 +134,14 @@ def openapi_document(model_names: tuple[str, ...]) -> dict[str, Any]:
             "text/event-stream": {"schema": {"type": "string"}},
         },
     }
-
-    def post(summary: str, schema: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "post": {
-                "summary": summary,
-                "security": [{"bearer": []}],
-                "requestBody": {
-                    "required": True,
-                    "content": {"application/json": {"schema": schema}},
-                },
-                "responses": {"200": ok} | _ERRORS,
-            }
-        }
-
     return {
-        "openapi": "3.0.3",
-        "info": {"title": "distillguard gateway", "version": "1"},
-        "paths": {
-            "/v1/models": {
-                "get": {
-                    "summary": "served models",
-                    "security": [{"bearer": []}],
-                    "responses": {
-                        "200": {
-                            "description": "model list",
-                            "content": {"application/json": {"schema": {"type": "object"}}},
-                        },
-                        "401": _ERRORS["401"],
-                    },
-                }
+        "post": {
+            "summary": summary,
+            "security": [{"bearer": []}],
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": schema}},
             },
-            "/v1/chat/completions": post("chat completion", chat_request),
-            "/v1/completions": post("text completion", completion_request),
-        },
-        "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": {
-                "Error": {
-                    "type": "object",
-                    "required": ["error"],
-                    "properties": {
-                        "error": {
-                            "type": "object",
-                            "required": ["message", "type", "param", "code"],
-                        }
-                    },
-                }
-            },
-        },
+            "responses": {"200": ok} | _ERRORS,
+        }
     }

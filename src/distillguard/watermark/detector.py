@@ -284,13 +284,10 @@ class Detector:
             raise InputError("no keys to test")
         return list(keys)
 
-    def _tuples(
-        self,
-        documents: Sequence[TokenDocument],
-        prompt_lengths: Sequence[int] | None,
-        *,
-        per_document: bool = True,
-    ) -> _Tuples:
+    def _flat_tokens(
+        self, documents: Sequence[TokenDocument]
+    ) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.int64]]:
+        """Every document's token ids, checked and concatenated, and each document's length."""
         if len(documents) == 0:
             raise InputError("nothing to score: no documents")
         arrays = [np.asarray(document) for document in documents]
@@ -304,8 +301,16 @@ class Detector:
         if flat.dtype.kind == "i" and int(flat.min()) < 0:
             raise VocabularyMismatchError("negative token id")
         self.config.check_token_ids(int(flat.max()))
-        tokens = flat.astype(np.uint32)
+        return flat.astype(np.uint32), lengths
 
+    def _tuples(
+        self,
+        documents: Sequence[TokenDocument],
+        prompt_lengths: Sequence[int] | None,
+        *,
+        per_document: bool = True,
+    ) -> _Tuples:
+        tokens, lengths = self._flat_tokens(documents)
         width = self.config.context_width
         seeding = self.config.seeding
         if seeding is Seeding.LEFT_HASH:
@@ -315,7 +320,7 @@ class Detector:
         else:  # pragma: no cover - Seeding is closed
             raise ValueError(f"unknown seeding {seeding}")
 
-        if flat.size <= lookback:
+        if tokens.size <= lookback:
             raise InputError(
                 "nothing to score: every document is shorter than the scheme's context "
                 f"({width} tokens)"
@@ -324,13 +329,13 @@ class Detector:
         # and the prompt. Windows never cross documents because local >= lookback.
         ends = np.cumsum(lengths)
         starts = ends - lengths
-        first_scored = np.full(len(arrays), lookback, dtype=np.int64)
+        first_scored = np.full(len(lengths), lookback, dtype=np.int64)
         if prompt_lengths is not None:
-            if len(prompt_lengths) != len(arrays):
+            if len(prompt_lengths) != len(lengths):
                 raise InputError("prompt_lengths must give one length per document")
             first_scored = np.maximum(first_scored, np.asarray(prompt_lengths, dtype=np.int64))
         head_ends = np.minimum(starts + first_scored, ends)
-        scored_mask = np.ones(flat.size, dtype=bool)
+        scored_mask = np.ones(tokens.size, dtype=bool)
         for start, head_end in zip(starts.tolist(), head_ends.tolist(), strict=True):
             scored_mask[start:head_end] = False
         # Context columns as shifted slices over positions lookback.. (cheaper than gathers);
@@ -338,17 +343,17 @@ class Detector:
         scored_mask = scored_mask[lookback:]
         candidates = tokens[lookback:][scored_mask]
         if seeding is Seeding.LEFT_HASH:
-            columns = [tokens[j : flat.size - width + j] for j in range(width)]
+            columns = [tokens[j : tokens.size - width + j] for j in range(width)]
             digests = hashing.context_digest(columns)[scored_mask]
         else:
             digests = hashing.context_digest([_anchors(tokens, width)[scored_mask]])
 
         packed = _pack(digests, candidates)
-        if not per_document or len(arrays) == 1:
+        if not per_document or len(lengths) == 1:
             unique = _sorted_unique(np.sort(packed))
             return _Tuples(*_unpack(unique), lengths)
 
-        document_ids = np.repeat(np.arange(len(arrays), dtype=np.int64), lengths)[lookback:][
+        document_ids = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)[lookback:][
             scored_mask
         ]
         sorted_packed = np.sort(packed)
