@@ -10,9 +10,7 @@ from typing import Any
 import click
 
 from distillguard.cli.options import State, bound_scheme, scheme_config, scheme_options
-from distillguard.errors import FingerprintMismatchError, InputError, KeyNotFoundError
-from distillguard.watermark.key import WatermarkKey
-from distillguard.watermark.scheme import SchemeConfig
+from distillguard.errors import InputError
 
 __all__ = ["detect"]
 
@@ -62,46 +60,16 @@ def detect(
         scheme_config(scheme, gamma, delta, context_width, seeding), tokenizer_path
     )
     texts, sources = _read_documents(files)
-    watermark_keys = _recorded_tenant_keys(state, tenants, key_version, config)
+    from distillguard.keys import load_master_secret
+    from distillguard.keys.keyring import recorded_tenant_keys
+
+    master = load_master_secret(state.home)
+    with closing(state.connect()) as connection:
+        watermark_keys = recorded_tenant_keys(master, connection, tenants, key_version, config)
     detector = Detector(config)
     report = detector.detect_text(texts, watermark_keys, tokenizer, fingerprint=fingerprint)
     attribution = attribute_detections(report.total) if len(watermark_keys) > 1 else None
     _print_report(report, sources, attribution, as_json)
-
-
-def _recorded_tenant_keys(
-    state: State, tenants: tuple[str, ...], key_version: int, config: SchemeConfig
-) -> list[WatermarkKey]:
-    """The keys of `tenants` (default: every recorded tenant), each recorded under `config`."""
-    from distillguard.keys import derive_tenant_key, load_master_secret, recorded_commitments
-
-    master = load_master_secret(state.home)
-    with closing(state.connect()) as connection:
-        recorded = recorded_commitments(connection)
-    names = list(dict.fromkeys(tenants)) or sorted({item.tenant for item in recorded})
-    if not names:
-        raise KeyNotFoundError(
-            "no tenants recorded: pass --tenant or run `distillguard keys tenant`"
-        )
-    for name in names:
-        schemes = {
-            item.fingerprint
-            for item in recorded
-            if item.tenant == name and item.key_version == key_version
-        }
-        if not schemes:
-            raise KeyNotFoundError(
-                f"unknown tenant {name!r}: no key version {key_version} recorded for it"
-            )
-        # A key recorded before it was bound to a tokenizer commits to the scheme parameters
-        # only; it is accepted for any vocabulary with those parameters.
-        if config.fingerprint not in schemes and config.unbound().fingerprint not in schemes:
-            raise FingerprintMismatchError(
-                f"tenant {name!r} was keyed under scheme {sorted(schemes)[0]}, not "
-                f"{config.fingerprint}: pass the scheme options and tokenizer its key was "
-                "recorded with"
-            )
-    return [derive_tenant_key(master, name, key_version).watermark_key() for name in names]
 
 
 def _read_documents(files: tuple[Path, ...]) -> tuple[list[str], list[str]]:

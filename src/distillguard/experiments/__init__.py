@@ -5,3 +5,5 @@ sets (`sources`); the distillation loop (`distill`: harvest through the gateway,
 student, audit it) and the demo (`demo`). With `cli`, the only package that may import the
 gateway: everything below it is library code that the gateway and these harnesses use.
 """
+
+__all__: list[str] = []
