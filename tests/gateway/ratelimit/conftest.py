@@ -18,19 +18,8 @@ def make_limiter(request: pytest.FixtureRequest) -> Iterator[Callable[[], RateLi
     """Makes a limiter of the backend under test (Redis cases skip without a test Redis)."""
     if request.param == "memory":
         yield MemoryRateLimiter
-        return
-    url = redis_url()
-    from distillguard.gateway.ratelimit.redis import RedisRateLimiter
-
-    prefix = f"dg:test:{secrets.token_hex(4)}:"
-    made: list[RedisRateLimiter] = []
-
-    def make() -> RateLimiter:
-        made.append(RedisRateLimiter(url, prefix=prefix))
-        return made[-1]
-
-    yield make
-    _clean(made, prefix)
+    else:
+        yield from _redis_limiters()
 
 
 def settled(limiter: RateLimiter) -> None:
@@ -43,6 +32,11 @@ def settled(limiter: RateLimiter) -> None:
 @pytest.fixture
 def replicas() -> Iterator[Callable[[], Any]]:
     """Makes Redis limiters that share one prefix, as several gateway processes would."""
+    yield from _redis_limiters()
+
+
+def _redis_limiters() -> Iterator[Callable[[], Any]]:
+    """A maker of Redis limiters on one fresh key prefix; their keys are deleted afterwards."""
     url = redis_url()
     from distillguard.gateway.ratelimit.redis import RedisRateLimiter
 
