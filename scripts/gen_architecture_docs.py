@@ -30,6 +30,7 @@ modules' docstrings; do not edit. `tests/test_architecture.py` checks the rules 
 | `engine` | batched generation for any local causal LM, watermarked per request |
 | `monitor` | per-account and cross-account signals of harvesting, risk, rings, tiers |
 | `forensics` | radioactivity tests of a suspect model, audits, evidence reports |
+| `integrations` | the tenant watermark inside other serving engines (vLLM) |
 | `gateway` | the OpenAI-compatible HTTP API: keys, limits, policy, metering, backends |
 | `experiments` | harnesses that drive the whole system: simulator, evaluation, distillation, demo |
 | `cli` | the `distillguard` command: one module per command group, each a thin call |
@@ -48,7 +49,7 @@ not.
 | 5 | `cli` |
 | 4 | `experiments` |
 | 3 | `gateway` |
-| 2 | `engine`, `monitor`, `forensics` |
+| 2 | `engine`, `monitor`, `forensics`, `integrations` |
 | 1 | `watermark`, `keys`, `store` |
 | 0 | `errors`, `config` |
 

@@ -28,7 +28,23 @@ __all__ = ["serve"]
     "--upstream",
     default=None,
     help="Proxy this OpenAI-compatible base URL (e.g. http://host:8001/v1) instead of a local "
-    "model; its outputs cannot be watermarked. Its key is read from DISTILLGUARD_UPSTREAM_API_KEY.",
+    "model. Its key is read from DISTILLGUARD_UPSTREAM_API_KEY.",
+)
+@click.option(
+    "--upstream-kind",
+    type=click.Choice(["openai", "vllm"]),
+    default="openai",
+    show_default=True,
+    help="openai: any OpenAI-compatible server, outputs not watermarked. vllm: a vLLM server "
+    "running distillguard's TenantWatermark processor, which marks each tenant's outputs "
+    "(docs/vllm.md).",
+)
+@click.option(
+    "--upstream-tokenizer",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="With --upstream-kind vllm: a local copy of the served model's directory (tokenizer, "
+    "chat template, config.json), which binds the watermark's fingerprint.",
 )
 @click.option("--no-monitor", is_flag=True, help="Do not run the harvest monitor.")
 @click.option(
@@ -73,6 +89,8 @@ def serve(
     tenant_rpm: int | None,
     tenant_tpm: int | None,
     upstream: str | None,
+    upstream_kind: str,
+    upstream_tokenizer: Path | None,
     no_monitor: bool,
     policy: Path | None,
     risk_model: Path | None,
@@ -96,6 +114,8 @@ def serve(
     from distillguard.gateway.admin_client import admin_token_from_env
     from distillguard.gateway.server import build_server, prepare_home
 
+    if upstream_kind == "vllm" and not upstream:
+        raise ConfigError("--upstream-kind vllm needs --upstream URL: the vLLM server to proxy")
     if workers > 1 and not redis:
         raise ConfigError(
             "--workers above 1 needs --redis: limits and the monitor must be shared by the workers"
@@ -107,6 +127,8 @@ def serve(
         "store_text": not no_store_text,
         "upstream": upstream,
         "upstream_api_key": os.environ.get("DISTILLGUARD_UPSTREAM_API_KEY"),
+        "upstream_kind": upstream_kind,
+        "upstream_tokenizer": upstream_tokenizer,
         "tenant_limits": _tenant_limits(tenant_rpm, tenant_tpm),
         "monitor": not no_monitor,
         "policy": policy,

@@ -9,7 +9,7 @@ from typing import Any
 
 from distillguard.errors import ModelLoadError, require
 
-__all__ = ["EMBEDDED_MODEL_DIR", "LoadedModel", "load_model", "model_card"]
+__all__ = ["EMBEDDED_MODEL_DIR", "LoadedModel", "load_model", "load_model_tokenizer", "model_card"]
 
 EMBEDDED_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
 
@@ -72,6 +72,27 @@ def load_model(path: str | Path | None = None) -> LoadedModel:
         eos_token_ids=eos,
         pad_token_id=int(pad),
     )
+
+
+def load_model_tokenizer(path: str | Path) -> tuple[Any, int]:
+    """A model directory's tokenizer and the width of its logits (config `vocab_size`), without
+    its weights: what a gateway in front of another engine serving that model needs."""
+    require("transformers", "model")
+    from transformers import AutoConfig, AutoTokenizer
+
+    directory = Path(path).expanduser()
+    if not (directory / "config.json").is_file():
+        raise ModelLoadError(f"{directory} is not a Hugging Face model directory (no config.json)")
+    try:
+        config = AutoConfig.from_pretrained(directory, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"cannot load a tokenizer from {directory}: {first_line}") from None
+    width = getattr(config.get_text_config(), "vocab_size", None)
+    if not isinstance(width, int):
+        raise ModelLoadError(f"{directory}/config.json has no integer vocab_size")
+    return tokenizer, width
 
 
 def model_card(path: str | Path | None = None) -> dict[str, Any]:

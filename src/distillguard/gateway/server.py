@@ -21,6 +21,7 @@ from distillguard.gateway.apikeys import KeyStore, create_api_key, list_api_keys
 from distillguard.gateway.app import Gateway, GatewaySettings
 from distillguard.gateway.backends import Backend, LocalBackend, UpstreamBackend
 from distillguard.gateway.backends.client import Upstream
+from distillguard.gateway.backends.vllm import VllmBackend
 from distillguard.gateway.policy import load_policy
 from distillguard.gateway.ratelimit import Limits, RateLimiter, limiter_from_url
 from distillguard.keys import derive_tenant_key, init_master_secret, record_commitment
@@ -31,6 +32,7 @@ from distillguard.monitor.monitor import Monitor
 from distillguard.store import Connection, connect
 from distillguard.store.audit import AuditLog
 from distillguard.watermark.key import WatermarkKey
+from distillguard.watermark.scheme import SchemeConfig, tokenizer_fingerprint
 
 __all__ = ["Server", "build_server"]
 
@@ -65,7 +67,7 @@ class SharedMonitorLike(MonitorHook, Protocol):
 
 
 def _watermark_keys(
-    home: Path, engine: Engine, database: str | None
+    home: Path, scheme: SchemeConfig, database: str | None
 ) -> Callable[[str], WatermarkKey | None]:
     """Tenant -> its watermark key; the commitment is recorded the first time it is used."""
     master, _ = init_master_secret(home)
@@ -76,7 +78,7 @@ def _watermark_keys(
         key = cache.get(tenant)
         if key is None:
             derived = derive_tenant_key(master, tenant)
-            record_commitment(connection, derived, engine.scheme)
+            record_commitment(connection, derived, scheme)
             key = cache[tenant] = derived.watermark_key()
         return key
 
@@ -102,6 +104,8 @@ def build_server(
     redis: str | None = None,
     limiter_fail_open: bool = False,
     create_demo_key: bool = True,
+    upstream_kind: str = "openai",
+    upstream_tokenizer: Path | None = None,
 ) -> Server:
     """The gateway on a model (or an upstream URL), with state in `home` (or `database`).
 
@@ -132,10 +136,14 @@ def build_server(
     backend: Backend[Any]
     if upstream:
         client = Upstream(upstream, api_key=upstream_api_key)
-        backend = UpstreamBackend(client, _upstream_models(upstream, upstream_api_key))
+        served = _upstream_models(upstream, upstream_api_key)
+        if upstream_kind == "vllm":
+            backend = _vllm_backend(home, database, client, served, upstream_tokenizer)
+        else:
+            backend = UpstreamBackend(client, tuple(str(item["id"]) for item in served))
     else:
         engine = Engine(model)
-        backend = LocalBackend(engine, _watermark_keys(home, engine, database))
+        backend = LocalBackend(engine, _watermark_keys(home, engine.scheme, database))
     demo_key = None
     if create_demo_key and not list_api_keys(connection):
         demo_key, _ = create_api_key(connection, "demo", rpm=demo_rpm, tpm=demo_tpm)
@@ -171,14 +179,68 @@ def prepare_home(
         connection.close()
 
 
-def _upstream_models(url: str, api_key: str | None) -> tuple[str, ...]:
+def _upstream_models(url: str, api_key: str | None) -> list[dict[str, Any]]:
+    """The upstream's /models entries (id, and for vLLM its `root` and `max_model_len`)."""
     headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
     try:
         response = httpx.get(url.rstrip("/") + "/models", headers=headers, timeout=30.0)
         response.raise_for_status()
-        names = tuple(str(item["id"]) for item in response.json()["data"])
+        served = [dict(item) for item in response.json()["data"]]
+        for item in served:
+            str(item["id"])
     except (httpx.HTTPError, KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"cannot list the upstream's models at {url}/models: {exc}") from None
-    if not names:
+    if not served:
         raise ConfigError(f"the upstream at {url} serves no models")
-    return names
+    return served
+
+
+def _vllm_backend(
+    home: Path,
+    database: str | None,
+    client: Upstream,
+    served: list[dict[str, Any]],
+    tokenizer_dir: Path | None,
+) -> VllmBackend:
+    """The vLLM backend, its scheme bound to the served tokenizer and logits width.
+
+    The tokenizer comes from a local copy of the served model (`tokenizer_dir`); when vLLM's
+    /models names a directory that exists here, it must hold the same tokenizer and width, so
+    that the fingerprint in every usage row is the served model's.
+    """
+    if tokenizer_dir is None:
+        raise ConfigError(
+            "--upstream-kind vllm needs --upstream-tokenizer DIR: a local copy of the served "
+            "model's directory (its tokenizer and config.json bind the watermark's fingerprint)"
+        )
+    tokenizer, width = _tokenizer_and_width(tokenizer_dir)
+    scheme = SchemeConfig().bind(width, tokenizer_fingerprint(tokenizer))
+    for item in served:
+        root = Path(str(item.get("root") or ""))
+        if root.is_dir() and (root / "config.json").is_file():
+            served_tokenizer, served_width = _tokenizer_and_width(root)
+            served_scheme = SchemeConfig().bind(
+                served_width, tokenizer_fingerprint(served_tokenizer)
+            )
+            if served_scheme.fingerprint != scheme.fingerprint:
+                raise ConfigError(
+                    f"the upstream serves {root}, whose tokenizer or logits width differs from "
+                    f"{tokenizer_dir}: the watermark's fingerprint would name the wrong model"
+                )
+    lengths = [int(item["max_model_len"]) for item in served if item.get("max_model_len")]
+    return VllmBackend(
+        client,
+        tuple(str(item["id"]) for item in served),
+        master=init_master_secret(home)[0],
+        scheme=scheme,
+        tokenizer=tokenizer,
+        watermark_key_for=_watermark_keys(home, scheme, database),
+        max_tokens=min(lengths) if lengths else 4096,
+    )
+
+
+def _tokenizer_and_width(directory: Path) -> tuple[Any, int]:
+    """A model directory's `transformers` tokenizer and its logits width (config vocab_size)."""
+    from distillguard.engine.model import load_model_tokenizer
+
+    return load_model_tokenizer(directory)
