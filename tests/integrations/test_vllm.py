@@ -44,6 +44,11 @@ def test_validate_params_refuses_missing_forged_and_expired_references(
     assert "speculative decoding" in checks["speculative"]
 
 
+def test_a_processor_loaded_twice_marks_once(master_secret: str) -> None:
+    checks = run("enforce", master_secret)["checks"]
+    assert checks["loaded_twice"] == "active: True,False,True"
+
+
 def test_unkeyed_rows_are_identical_to_a_run_without_the_processor(master_secret: str) -> None:
     marked = run("optional", master_secret)["rows"]
     plain = run("none", master_secret)["rows"]

@@ -16,6 +16,16 @@ from typing import Any
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
+
+def without_installed_plugins() -> None:
+    """Load only the processors named here: installed, the package's entry point would load
+    the tenant watermark into every engine, and the baseline must run without it."""
+    import importlib
+
+    loader: Any = importlib.import_module("vllm.v1.sample.logits_processor")
+    loader._load_logitsprocs_plugins = lambda: []
+
+
 PROMPTS = [
     "The module",
     "Return the value",
@@ -29,12 +39,11 @@ KEYED = {0: "acme", 2: "globex", 4: "acme"}  # rows 1, 3, 5 share the batch unke
 
 def checks_without_an_engine() -> dict[str, Any]:
     """validate_params and start-up refusals, which need no model."""
-    from vllm import SamplingParams
-
     from distillguard.errors import ConfigError
     from distillguard.integrations.vllm import TenantWatermark
     from distillguard.keys.secret import load_master_secret
     from distillguard.keys.tags import sign_reference
+    from vllm import SamplingParams
 
     master = load_master_secret()
     good = sign_reference(master, "acme", "req_ok")
@@ -61,15 +70,24 @@ def checks_without_an_engine() -> dict[str, Any]:
         outcomes["speculative"] = "started"
     except ConfigError as exc:
         outcomes["speculative"] = f"refused: {exc}"
+
+    class Plain:
+        speculative_config = None
+
+    engine = Plain()  # the entry point and --logits-processors both load the class
+    first = TenantWatermark(engine, None, False)  # type: ignore[arg-type]
+    second = TenantWatermark(engine, None, False)  # type: ignore[arg-type]
+    other = TenantWatermark(Plain(), None, False)  # type: ignore[arg-type]
+    active = [p.watermark is not None for p in (first, second, other)]
+    outcomes["loaded_twice"] = "active: " + ",".join(str(flag) for flag in active)
     return outcomes
 
 
 def generate(mode: str) -> dict[str, Any]:
-    from vllm import LLM, SamplingParams
-
     import distillguard.engine
     from distillguard.keys.secret import load_master_secret
     from distillguard.keys.tags import sign_reference
+    from vllm import LLM, SamplingParams
 
     model = os.path.join(os.path.dirname(distillguard.engine.__file__), "default_model")
     processors: list[Any] = []
@@ -77,6 +95,7 @@ def generate(mode: str) -> dict[str, Any]:
         from distillguard.integrations.vllm import TenantWatermark
 
         processors = [TenantWatermark]
+    without_installed_plugins()
     llm = LLM(
         model=model,
         logits_processors=processors,

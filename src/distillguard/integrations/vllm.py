@@ -26,16 +26,16 @@ import json
 import logging
 import os
 from collections import OrderedDict
-from typing import TYPE_CHECKING, ClassVar
+from typing import Any, ClassVar
 
 from distillguard.errors import require
 
 require("vllm", "vllm")
 
+import importlib  # noqa: E402
+import weakref  # noqa: E402
+
 import torch  # noqa: E402
-from vllm import SamplingParams  # noqa: E402
-from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor  # noqa: E402
-from vllm.v1.sample.logits_processor.builtin import process_dict_updates  # noqa: E402
 
 from distillguard.errors import ConfigError, DistillGuardError  # noqa: E402
 from distillguard.integrations.batch import BatchRow, BatchWatermark  # noqa: E402
@@ -45,8 +45,15 @@ from distillguard.keys.tags import TenantReference, verify_reference  # noqa: E4
 from distillguard.watermark.key import WatermarkKey  # noqa: E402
 from distillguard.watermark.scheme import SchemeConfig  # noqa: E402
 
-if TYPE_CHECKING:
-    from vllm.config import VllmConfig
+# vLLM ships no type information, and `benchmarks/vllm.py` would shadow its name for the type
+# checker: its classes are taken by name at run time.
+_interface: Any = importlib.import_module("vllm.v1.sample.logits_processor")
+_builtin: Any = importlib.import_module("vllm.v1.sample.logits_processor.builtin")
+LogitsProcessor: Any = _interface.LogitsProcessor
+BatchUpdate = Any  # vllm.v1.sample.logits_processor.BatchUpdate
+SamplingParams = Any  # vllm.SamplingParams
+VllmConfig = Any  # vllm.config.VllmConfig
+process_dict_updates: Any = _builtin.process_dict_updates
 
 __all__ = ["MODE_ENV", "SCHEME_ENV", "TenantWatermark"]
 
@@ -122,6 +129,13 @@ class TenantWatermark(LogitsProcessor):  # type: ignore[misc]
         except DistillGuardError as exc:
             raise ValueError(f"distillguard: {exc}") from None
 
+    # The active processor of each engine (by its config): installed, the package's entry
+    # point loads this class, and `--logits-processors` names it again; the second copy stays
+    # idle instead of adding the watermark twice.
+    _engines: ClassVar[weakref.WeakValueDictionary[int, TenantWatermark]] = (
+        weakref.WeakValueDictionary()
+    )
+
     def __init__(self, vllm_config: VllmConfig, device: torch.device, is_pin_memory: bool) -> None:
         if getattr(vllm_config, "speculative_config", None) is not None:
             raise ConfigError(
@@ -130,6 +144,12 @@ class TenantWatermark(LogitsProcessor):  # type: ignore[misc]
             )
         _mode()  # a wrong mode fails at start, not at the first request
         _Secrets.load()
+        self._config = vllm_config  # held, so that its id is not reused while this lives
+        self.watermark: BatchWatermark | None = None
+        if id(vllm_config) in TenantWatermark._engines:
+            log.info("distillguard tenant watermark loaded twice; the second copy stays idle")
+            return
+        TenantWatermark._engines[id(vllm_config)] = self
         self.watermark = BatchWatermark(_scheme())
         log.info("distillguard tenant watermark on (%s)", self.watermark.config.fingerprint)
 
@@ -137,7 +157,8 @@ class TenantWatermark(LogitsProcessor):  # type: ignore[misc]
         return False  # the green list moves the argmax
 
     def update_state(self, batch_update: BatchUpdate | None) -> None:
-        process_dict_updates(self.watermark.rows, batch_update, self._new_row)
+        if self.watermark is not None:
+            process_dict_updates(self.watermark.rows, batch_update, self._new_row)
 
     def _new_row(
         self, params: SamplingParams, prompt_ids: list[int] | None, output_ids: list[int]
@@ -152,4 +173,6 @@ class TenantWatermark(LogitsProcessor):  # type: ignore[misc]
         return BatchRow(key, list(prompt_ids or ()), output_ids)
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.watermark is None:
+            return logits
         return self.watermark.apply(logits)
