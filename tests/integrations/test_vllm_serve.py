@@ -71,6 +71,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, master_secret: str) -> Itera
     env.pop("DISTILLGUARD_VLLM_PYTHON", None)
     vllm_port, gateway_port = free_port(), free_port()
     vllm_log = (home / "vllm.log").open("wb")
+    gateway_log = (home / "gateway.log").open("wb")
     servers: list[subprocess.Popen[bytes]] = []
     try:
         servers.append(
@@ -111,7 +112,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, master_secret: str) -> Itera
                 ],
                 env=env,
                 stdout=subprocess.DEVNULL,
-                stderr=(home / "gateway.log").open("wb"),
+                stderr=gateway_log,
             )
         )
         gateway_url = f"http://127.0.0.1:{gateway_port}/v1"
@@ -126,6 +127,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, master_secret: str) -> Itera
             except subprocess.TimeoutExpired:
                 server.kill()
         vllm_log.close()
+        gateway_log.close()
 
 
 def test_outputs_served_by_vllm_are_attributed_to_their_tenant(stack: Stack) -> None:
