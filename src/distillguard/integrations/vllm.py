@@ -14,15 +14,14 @@ Modes (`DISTILLGUARD_VLLM_MODE`):
 - `optional`: for trusted networks, a request without a reference is served unmarked (its
   logits untouched, bit for bit); a forged or expired reference is still refused.
 
-The scheme is the engine's (`DISTILLGUARD_VLLM_SCHEME`, JSON of `SchemeConfig` parameters;
-default the engine's default); the gateway binds its fingerprint to the served tokenizer and
-the logits' width. Speculative decoding is refused at start: its V1 runner skips custom
-processors, and output would leave unmarked.
+The scheme is the one `distillguard serve` uses (the engine's default green list); the
+gateway binds its fingerprint to the served tokenizer and the logits' width. Speculative
+decoding is refused at start: its V1 runner skips custom processors, and output would leave
+unmarked.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections import OrderedDict
@@ -55,12 +54,11 @@ SamplingParams = Any  # vllm.SamplingParams
 VllmConfig = Any  # vllm.config.VllmConfig
 process_dict_updates: Any = _builtin.process_dict_updates
 
-__all__ = ["MODE_ENV", "SCHEME_ENV", "TenantWatermark"]
+__all__ = ["MODE_ENV", "TenantWatermark"]
 
 log = logging.getLogger("distillguard.vllm")
 
 MODE_ENV = "DISTILLGUARD_VLLM_MODE"
-SCHEME_ENV = "DISTILLGUARD_VLLM_SCHEME"
 _MODES = ("enforce", "optional")
 _KEY_CACHE = 4096
 
@@ -70,16 +68,6 @@ def _mode() -> str:
     if mode not in _MODES:
         raise ConfigError(f"{MODE_ENV} must be one of {', '.join(_MODES)}, not {mode!r}")
     return mode
-
-
-def _scheme() -> SchemeConfig:
-    raw = os.environ.get(SCHEME_ENV)
-    if not raw:
-        return SchemeConfig()
-    try:
-        return SchemeConfig.from_dict(json.loads(raw))
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"{SCHEME_ENV} is not a scheme's JSON: {exc}") from None
 
 
 class _Secrets:
@@ -150,7 +138,7 @@ class TenantWatermark(LogitsProcessor):  # type: ignore[misc]
             log.info("distillguard tenant watermark loaded twice; the second copy stays idle")
             return
         TenantWatermark._engines[id(vllm_config)] = self
-        self.watermark = BatchWatermark(_scheme())
+        self.watermark = BatchWatermark(SchemeConfig())
         log.info("distillguard tenant watermark on (%s)", self.watermark.config.fingerprint)
 
     def is_argmax_invariant(self) -> bool:
