@@ -70,3 +70,7 @@ def test_openapi_document_is_served(fuzzed: Harness, tmp_path: Path) -> None:
 
     document = asyncio.run(get()).json()
     assert set(document["paths"]) == {"/v1/models", "/v1/chat/completions", "/v1/completions"}
+    chat = document["paths"]["/v1/chat/completions"]["post"]["requestBody"]["content"]
+    schema = chat["application/json"]["schema"]
+    assert schema["additionalProperties"] is False  # an unknown field is a 400
+    assert {"tools", "logit_bias", "ignore_eos"} <= set(schema["properties"])

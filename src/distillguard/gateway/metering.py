@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from distillguard.gateway.apikeys import ApiKey
+from distillguard.gateway.fields import audit_parameters
 from distillguard.gateway.protocol import ParsedRequest
 from distillguard.gateway.ratelimit import Admission, Refusal, Snapshot, format_duration
 from distillguard.monitor.events import MonitorEvent
@@ -102,6 +103,10 @@ def usage_record(
             "stream": parsed.stream,
             "user": parsed.user,
         }
+        # every other field the client sent (older rows simply lack them); the keys above
+        # keep their meaning: effective values, with defaults, as rows always had
+        sent = audit_parameters(parsed.sent, chat=parsed.chat)
+        parameters |= {name: value for name, value in sent.items() if name not in parameters}
     output_text = json.dumps(["".join(parts) for parts in call.texts]) if store_text else ""
     return UsageRecord(
         request_id=call.request_id,

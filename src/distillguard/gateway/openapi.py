@@ -1,8 +1,14 @@
-"""The gateway's OpenAPI 3.0 description (served at /openapi.json; fuzzed by schemathesis)."""
+"""The gateway's OpenAPI 3.0 description (served at /openapi.json; fuzzed by schemathesis).
+
+The request bodies' fields come from the gateway's allow-list (`fields.py`), so the document
+and what the gateway accepts cannot drift apart.
+"""
 
 from __future__ import annotations
 
 from typing import Any
+
+from distillguard.gateway.fields import schema_properties
 
 __all__ = ["openapi_document"]
 
@@ -17,22 +23,6 @@ _ERRORS = {
         (413, "body too large"),
         (429, "rate limited"),
     )
-}
-_STOP = {
-    "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": 4}]
-}
-_COMMON: dict[str, Any] = {
-    "model": {"type": "string"},
-    "max_tokens": {"type": "integer", "minimum": 1},
-    "temperature": {"type": "number", "minimum": 0, "maximum": 2},
-    "top_p": {"type": "number", "minimum": 0, "exclusiveMinimum": True, "maximum": 1},
-    "n": {"type": "integer", "minimum": 1, "maximum": 16},
-    "stop": _STOP,
-    "seed": {"type": "integer"},
-    "stream": {"type": "boolean"},
-    "stream_options": {"type": "object", "properties": {"include_usage": {"type": "boolean"}}},
-    "user": {"type": "string"},
-    "ignore_eos": {"type": "boolean"},  # vLLM's extension
 }
 
 
@@ -78,50 +68,21 @@ def openapi_document(model_names: tuple[str, ...]) -> dict[str, Any]:
 
 
 def _chat_request(model: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "type": "object",
-        "required": ["model", "messages"],
-        "properties": _COMMON
-        | {
-            "model": model,
-            "messages": {
-                "type": "array",
-                "minItems": 1,
-                "items": {
-                    "type": "object",
-                    "required": ["role", "content"],
-                    "properties": {
-                        "role": {
-                            "type": "string",
-                            "enum": ["system", "developer", "user", "assistant"],
-                        },
-                        "content": {"type": "string"},
-                    },
-                },
-            },
-            "max_completion_tokens": {"type": "integer", "minimum": 1},
-            "logprobs": {"type": "boolean"},
-            "top_logprobs": {"type": "integer", "minimum": 0, "maximum": 20},
-            "safety_identifier": {"type": "string"},
-        },
-    }
+    return _request(model, "messages", schema_properties(chat=True))
 
 
 def _completion_request(model: dict[str, Any]) -> dict[str, Any]:
+    return _request(model, "prompt", schema_properties(chat=False))
+
+
+def _request(model: dict[str, Any], what: str, properties: dict[str, Any]) -> dict[str, Any]:
+    """A request body: the allow-list's fields for the endpoint and nothing else (any other
+    field is answered with 400 naming it)."""
     return {
         "type": "object",
-        "required": ["model", "prompt"],
-        "properties": _COMMON
-        | {
-            "model": model,
-            "prompt": {
-                "oneOf": [
-                    {"type": "string"},
-                    {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1},
-                ]
-            },
-            "logprobs": {"type": "integer", "minimum": 0, "maximum": 5},
-        },
+        "required": ["model", what],
+        "properties": properties | {"model": model},
+        "additionalProperties": False,
     }
 
 

@@ -11,11 +11,21 @@ left out keeps its default (docs/deployment.md shows the defaults)::
     min_requests = 20       # no action before an account has made this many requests
     block_min_requests = 300
 
-    [tiers.throttle]        # what a tier allows
+    [tiers.throttle]        # what a tier allows (these are its defaults)
     max_n = 1
-    max_top_logprobs = 0
+    max_best_of = 1
+    max_top_logprobs = 0    # also caps completions' logprobs and prompt_logprobs
     max_tokens = 256
+    allow_logit_bias = false
+    allow_logit_bias_with_logprobs = false   # the logit-extraction pair: off in every tier
+    allow_echo = false
+    allow_prompt_logprobs = false
+    allow_ignore_eos = false
+    max_min_tokens = 0
     rate_factor = 0.25      # scales the key's requests and tokens per minute
+
+    [tiers.watch]
+    allow_logit_bias = true # as the normal tier does (never with logprobs)
 
     [tiers.block]
     block = false           # keep serving a blocked account, collecting evidence
@@ -48,20 +58,48 @@ class Tier:
 
     `rate_factor` scales the key's requests and tokens per minute; `block` refuses every
     request with 403. A tier that only watches keeps serving while evidence accumulates.
+
+    The defaults are the normal tier's. `logit_bias` together with any logprobs is refused
+    even there: biasing chosen tokens and reading their logprobs back recovers the model's
+    logits, and from them its final layer (Carlini et al. 2024, "Stealing Part of a Production
+    Language Model", sec. 5). Prompt logprobs (vLLM's `prompt_logprobs`, or `echo` with
+    `logprobs`) score any text the client writes with the teacher: a distillation signal, capped
+    by `max_top_logprobs` like the completion's.
     """
 
     max_n: int = 8
-    max_top_logprobs: int = 20
+    max_best_of: int = 8  # completions generated for one request (best_of), as n caps returned
+    max_top_logprobs: int = 20  # top_logprobs, completions' logprobs, and prompt_logprobs
     max_tokens: int | None = None
+    allow_logit_bias: bool = True
+    allow_logit_bias_with_logprobs: bool = False
+    allow_echo: bool = True
+    allow_prompt_logprobs: bool = True
+    allow_ignore_eos: bool = True
+    max_min_tokens: int | None = None  # vLLM's min_tokens; None: no cap beyond max_tokens
     rate_factor: float = 1.0
     block: bool = False
 
 
+def _without_extras(tier: Tier) -> Tier:
+    """`tier` less logit_bias, echo, prompt logprobs, ignore_eos and min_tokens."""
+    return replace(
+        tier,
+        allow_logit_bias=False,
+        allow_echo=False,
+        allow_prompt_logprobs=False,
+        allow_ignore_eos=False,
+        max_min_tokens=0,
+    )
+
+
 DEFAULT_TIERS = {
     "normal": Tier(),
-    "watch": Tier(max_n=4, max_top_logprobs=5),
-    "throttle": Tier(max_n=1, max_top_logprobs=0, max_tokens=256, rate_factor=0.25),
-    "block": Tier(block=True),
+    "watch": Tier(max_n=4, max_best_of=4, max_top_logprobs=5, allow_logit_bias=False),
+    "throttle": _without_extras(
+        Tier(max_n=1, max_best_of=1, max_top_logprobs=0, max_tokens=256, rate_factor=0.25)
+    ),
+    "block": _without_extras(Tier(block=True)),
 }
 TIER_RANK = {"normal": 0, "watch": 1, "throttle": 2, "block": 3}
 
@@ -72,7 +110,8 @@ def higher_tier(configured: str, watched: str) -> str:
 
 
 def enforce_tier(tier: Tier, parsed: ParsedRequest) -> None:
-    """Raise the error to answer when the request asks for more than its tier allows."""
+    """Raise the error to answer when the request asks for more than its tier allows: 403 for
+    a blocked key, else 400 naming the parameter."""
     if tier.block:
         raise ApiError(
             403,
@@ -81,22 +120,69 @@ def enforce_tier(tier: Tier, parsed: ParsedRequest) -> None:
             kind="permission_denied",
             code="account_blocked",
         )
+    _enforce_choices(tier, parsed)
+    _enforce_logprobs(tier, parsed)
+    _enforce_logit_bias(tier, parsed)
+    _enforce_length(tier, parsed)
+
+
+def _refuse(param: str, message: str) -> ApiError:
+    return ApiError(400, message, param=param)
+
+
+def _enforce_choices(tier: Tier, parsed: ParsedRequest) -> None:
     if parsed.n > tier.max_n:
-        raise ApiError(400, f"n is limited to {tier.max_n} for this key", param="n")
+        raise _refuse("n", f"n is limited to {tier.max_n} for this key")
+    if parsed.best_of is not None and parsed.best_of > tier.max_best_of:
+        raise _refuse("best_of", f"best_of is limited to {tier.max_best_of} for this key")
+
+
+def _enforce_logprobs(tier: Tier, parsed: ParsedRequest) -> None:
     if parsed.top_logprobs > tier.max_top_logprobs:
-        raise ApiError(
-            400,
-            f"top_logprobs is limited to {tier.max_top_logprobs} for this key",
-            param="top_logprobs",
+        # completions' integer logprobs is its top_logprobs: name what the client sent
+        param = "top_logprobs" if parsed.chat else "logprobs"
+        raise _refuse(param, f"{param} is limited to {tier.max_top_logprobs} for this key")
+    if parsed.prompt_logprobs is not None:
+        if not tier.allow_prompt_logprobs:
+            raise _refuse("prompt_logprobs", "prompt_logprobs is not allowed for this key")
+        if parsed.prompt_logprobs > tier.max_top_logprobs:
+            raise _refuse(
+                "prompt_logprobs",
+                f"prompt_logprobs is limited to {tier.max_top_logprobs} for this key",
+            )
+    if parsed.echo:
+        if not tier.allow_echo:
+            raise _refuse("echo", "echo is not allowed for this key")
+        if parsed.logprobs and not tier.allow_prompt_logprobs:
+            raise _refuse(
+                "echo", "echo with logprobs returns prompt logprobs, not allowed for this key"
+            )
+
+
+def _enforce_logit_bias(tier: Tier, parsed: ParsedRequest) -> None:
+    if not parsed.logit_bias:
+        return  # an empty map biases nothing
+    if not tier.allow_logit_bias:
+        raise _refuse("logit_bias", "logit_bias is not allowed for this key")
+    if parsed.wants_logprobs and not tier.allow_logit_bias_with_logprobs:
+        raise _refuse(
+            "logit_bias",
+            "logit_bias cannot be combined with logprobs for this key "
+            "(together they reveal the model's logits)",
         )
+
+
+def _enforce_length(tier: Tier, parsed: ParsedRequest) -> None:
     if (
         parsed.max_tokens is not None
         and tier.max_tokens is not None
         and parsed.max_tokens > tier.max_tokens
     ):
-        raise ApiError(
-            400, f"max_tokens is limited to {tier.max_tokens} for this key", param="max_tokens"
-        )
+        raise _refuse("max_tokens", f"max_tokens is limited to {tier.max_tokens} for this key")
+    if parsed.ignore_eos and not tier.allow_ignore_eos:
+        raise _refuse("ignore_eos", "ignore_eos is not allowed for this key")
+    if tier.max_min_tokens is not None and parsed.min_tokens > tier.max_min_tokens:
+        raise _refuse("min_tokens", f"min_tokens is limited to {tier.max_min_tokens} for this key")
 
 
 _THRESHOLDS = {
@@ -139,7 +225,7 @@ def load_policy(path: Path | None) -> Policy:
             raise ConfigError(f"policy file {path}: {name!r} must be a non-negative integer")
         thresholds[name] = kind(value)
     tiers = dict(DEFAULT_TIERS)
-    allowed = {field.name: field.type for field in fields(Tier)}
+    allowed = _TIER_TYPES
     for name, settings in _table(data, "tiers", path).items():
         if name not in TIER_RANK:
             raise ConfigError(
@@ -166,12 +252,21 @@ def _table(data: dict[str, Any], name: str, path: Path) -> dict[str, Any]:
 
 
 def _check_tier_value(path: Path, tier: str, key: str, value: Any) -> None:
+    """Each key by its type in `Tier`: true or false, the rate factor, or a count."""
     where = f"policy file {path}: tiers.{tier}.{key}"
-    if key == "block":
+    kind = _TIER_TYPES[key]
+    if kind == "bool":
         if not isinstance(value, bool):
             raise ConfigError(f"{where} must be true or false")
-    elif key == "rate_factor":
+    elif kind == "float":  # rate_factor
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
             raise ConfigError(f"{where} must be a number in (0, 1]")
-    elif isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(f"{where} must be a non-negative integer")
+    elif kind in ("int", "int | None"):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"{where} must be a non-negative integer")
+    else:
+        raise ConfigError(f"{where}: no check for a {kind} key")
+
+
+# each Tier key's annotation (a string: the module postpones annotations)
+_TIER_TYPES = {field.name: str(field.type) for field in fields(Tier)}

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from distillguard.engine.params import Completion, SamplingParams, TokenEvent, TokenLogprob
 from distillguard.errors import ApiError, InputError
+from distillguard.gateway.fields import known_fields
+from distillguard.gateway.messages import Conversation, parse_messages
 
 __all__ = [
     "ParsedRequest",
@@ -34,7 +37,12 @@ def error_body(error: ApiError) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class ParsedRequest:
-    """A validated request body. `max_tokens` None means "as much as the context allows"."""
+    """A validated request body. `max_tokens` None means "as much as the context allows".
+
+    `sent` holds every field of the allow-list (`fields.py`) the client set, as sent: what an
+    upstream's body is built from and what the usage row records. The sampling fields the
+    gateway reads or governs also have typed attributes with their defaults.
+    """
 
     model: str
     prompt: str | list[int]
@@ -53,6 +61,23 @@ class ParsedRequest:
     ignore_eos: bool = False  # vLLM's extension: run to max_tokens past end-of-sequence
     turns: int = 1  # user messages in a chat request (1 for completions): the monitor reads it
     last_user: str = ""  # the last user message, or the prompt text; what the monitor reads
+    sent: Mapping[str, Any] = field(default_factory=dict)
+    logit_bias: Mapping[str, float] = field(default_factory=dict)  # token id -> bias
+    best_of: int | None = None  # completions: generate this many, return the best n
+    echo: bool = False  # completions: the prompt comes back before the completion
+    prompt_logprobs: int | None = None  # vLLM: top logprobs of every prompt token
+    min_tokens: int = 0  # vLLM: no end-of-sequence before this many tokens
+    upstream_only: tuple[str, ...] = ()  # message parts only an upstream can take (images...)
+
+    @property
+    def generated_choices(self) -> int:
+        """Completions generated per request: `best_of` when it asks for more than `n`."""
+        return max(self.n, self.best_of or 0)
+
+    @property
+    def wants_logprobs(self) -> bool:
+        """Whether any logprobs come back: of the completion, or (vLLM) of the prompt."""
+        return self.logprobs or self.prompt_logprobs is not None
 
     def params(self, max_tokens: int) -> SamplingParams:
         try:
@@ -72,7 +97,7 @@ class ParsedRequest:
 
 
 def _field(
-    body: dict[str, Any], name: str, kinds: type | tuple[type, ...], default: Any = None
+    body: Mapping[str, Any], name: str, kinds: type | tuple[type, ...], default: Any = None
 ) -> Any:
     value = body.get(name, default)
     if value is None:
@@ -93,119 +118,100 @@ def _names(kinds: tuple[type, ...]) -> str:
     return " or ".join(kind.__name__ for kind in kinds)
 
 
-def _messages_text(messages: Any) -> list[dict[str, str]]:
-    if not isinstance(messages, list) or not messages:
-        raise ApiError(400, "'messages' must be a non-empty array", param="messages")
-    cleaned = []
-    for index, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            raise ApiError(
-                400,
-                f"messages[{index}] must be an object with a 'role'",
-                param=f"messages[{index}]",
-            )
-        role = message["role"]
-        if role not in ("system", "developer", "user", "assistant", "tool"):
-            raise ApiError(
-                400,
-                f"messages[{index}].role {role!r} is not supported",
-                param=f"messages[{index}].role",
-            )
-        content = message.get("content")
-        if isinstance(content, list):  # content parts: only text is supported
-            parts = []
-            for part in content:
-                if (
-                    not isinstance(part, dict)
-                    or part.get("type") != "text"
-                    or not isinstance(part.get("text"), str)
-                ):
-                    raise ApiError(
-                        400,
-                        f"messages[{index}].content: only text parts are supported",
-                        param=f"messages[{index}].content",
-                    )
-                parts.append(part["text"])
-            content = "".join(parts)
-        if not isinstance(content, str):
-            raise ApiError(
-                400,
-                f"messages[{index}].content must be a string",
-                param=f"messages[{index}].content",
-            )
-        cleaned.append({"role": "system" if role == "developer" else role, "content": content})
-    return cleaned
-
-
 def parse_body(body: dict[str, Any], *, chat: bool, render_chat: Any) -> ParsedRequest:
-    """Validate an OpenAI request body (ApiError 400 naming the parameter on any mistake)."""
-    model = _field(body, "model", str)
+    """Validate an OpenAI request body (ApiError 400 naming the parameter on any mistake):
+    every field must be one the gateway knows (`fields.py`), each of the right type."""
+    sent = known_fields(body, chat=chat)
+    model = _field(sent, "model", str)
     if not model:
         raise ApiError(400, "'model' is required", param="model")
     if chat:
-        messages = _messages_text(body.get("messages"))
-        prompt: str | list[int] = render_chat(messages)
-        user_messages = [m["content"] for m in messages if m["role"] == "user"]
-        turns, last_user = len(user_messages), (user_messages[-1] if user_messages else "")
+        conversation = parse_messages(sent.get("messages"))
+        prompt: str | list[int] = render_chat(conversation.messages)
     else:
-        raw = body.get("prompt")
-        if isinstance(raw, list) and len(raw) == 1 and isinstance(raw[0], str):
-            raw = raw[0]
-        if isinstance(raw, str):
-            prompt = raw
-        elif (
-            isinstance(raw, list)
-            and raw
-            and all(isinstance(t, int) and not isinstance(t, bool) for t in raw)
-        ):
-            prompt = list(raw)
-        else:
-            raise ApiError(
-                400, "'prompt' must be a string or an array of token ids", param="prompt"
-            )
-        turns, last_user = 1, prompt if isinstance(prompt, str) else ""
-    max_tokens = _field(body, "max_completion_tokens", int) if chat else None
+        prompt = _completion_prompt(sent.get("prompt"))
+        text = prompt if isinstance(prompt, str) else ""
+        conversation = Conversation([], turns=1, last_user=text, upstream_only=())
+    max_tokens = _field(sent, "max_completion_tokens", int) if chat else None
     if max_tokens is None:
-        max_tokens = _field(body, "max_tokens", int, None if chat else 16)
-    stop = body.get("stop")
+        max_tokens = _field(sent, "max_tokens", int, None if chat else 16)
+    logprobs, top_logprobs = _logprobs(sent, chat)
+    stream_options = _field(sent, "stream_options", dict, {})
+    parsed = ParsedRequest(
+        model=model,
+        prompt=prompt,
+        max_tokens=max_tokens,
+        temperature=float(_field(sent, "temperature", (int, float), 1.0)),
+        top_p=float(_field(sent, "top_p", (int, float), 1.0)),
+        stop=_stop(sent.get("stop")),
+        n=_field(sent, "n", int, 1),
+        seed=_field(sent, "seed", int),
+        logprobs=logprobs,
+        top_logprobs=top_logprobs,
+        stream=bool(_field(sent, "stream", bool, False)),
+        include_usage=bool(stream_options.get("include_usage", False)),
+        user=_field(sent, "safety_identifier", str) or _field(sent, "user", str),
+        chat=chat,
+        ignore_eos=bool(_field(sent, "ignore_eos", bool, False)),
+        turns=conversation.turns,
+        last_user=conversation.last_user,
+        sent=sent,
+        logit_bias=sent.get("logit_bias", {}),
+        best_of=sent.get("best_of"),
+        echo=bool(sent.get("echo", False)),
+        prompt_logprobs=sent.get("prompt_logprobs"),
+        min_tokens=sent.get("min_tokens", 0),
+        upstream_only=conversation.upstream_only,
+    )
+    parsed.params(max_tokens if max_tokens is not None else 1)  # validate ranges now
+    _check_together(parsed)
+    return parsed
+
+
+def _completion_prompt(raw: Any) -> str | list[int]:
+    if isinstance(raw, list) and len(raw) == 1 and isinstance(raw[0], str):
+        raw = raw[0]
+    if isinstance(raw, str):
+        return raw
+    if (
+        isinstance(raw, list)
+        and raw
+        and all(isinstance(t, int) and not isinstance(t, bool) for t in raw)
+    ):
+        return list(raw)
+    raise ApiError(400, "'prompt' must be a string or an array of token ids", param="prompt")
+
+
+def _stop(stop: Any) -> tuple[str, ...]:
     if isinstance(stop, str):
         stop = [stop]
     if stop is not None and (
         not isinstance(stop, list) or not all(isinstance(s, str) for s in stop)
     ):
         raise ApiError(400, "'stop' must be a string or an array of strings", param="stop")
+    return tuple(stop or ())
+
+
+def _logprobs(sent: Mapping[str, Any], chat: bool) -> tuple[bool, int]:
+    """(whether logprobs come back, how many alternatives per token)."""
     if chat:
-        logprobs = bool(_field(body, "logprobs", bool, False))
-        top_logprobs = _field(body, "top_logprobs", int, 0)
+        logprobs = bool(_field(sent, "logprobs", bool, False))
+        top_logprobs = _field(sent, "top_logprobs", int, 0)
         if top_logprobs and not logprobs:
             raise ApiError(400, "'top_logprobs' requires 'logprobs': true", param="top_logprobs")
-    else:
-        legacy = _field(body, "logprobs", int)
-        if legacy is not None and not 0 <= legacy <= 5:
-            raise ApiError(400, "'logprobs' must be between 0 and 5", param="logprobs")
-        logprobs, top_logprobs = legacy is not None, legacy or 0
-    stream_options = _field(body, "stream_options", dict, {})
-    parsed = ParsedRequest(
-        model=model,
-        prompt=prompt,
-        max_tokens=max_tokens,
-        temperature=float(_field(body, "temperature", (int, float), 1.0)),
-        top_p=float(_field(body, "top_p", (int, float), 1.0)),
-        stop=tuple(stop or ()),
-        n=_field(body, "n", int, 1),
-        seed=_field(body, "seed", int),
-        logprobs=logprobs,
-        top_logprobs=top_logprobs,
-        stream=bool(_field(body, "stream", bool, False)),
-        include_usage=bool(stream_options.get("include_usage", False)),
-        user=_field(body, "safety_identifier", str) or _field(body, "user", str),
-        chat=chat,
-        ignore_eos=bool(_field(body, "ignore_eos", bool, False)),
-        turns=turns,
-        last_user=last_user,
-    )
-    parsed.params(max_tokens if max_tokens is not None else 1)  # validate ranges now
-    return parsed
+        return logprobs, top_logprobs
+    legacy = _field(sent, "logprobs", int)  # completions: an integer, the alternatives
+    if legacy is not None and not 0 <= legacy <= 5:
+        raise ApiError(400, "'logprobs' must be between 0 and 5", param="logprobs")
+    return legacy is not None, legacy or 0
+
+
+def _check_together(parsed: ParsedRequest) -> None:
+    """The rules between fields that each passed on their own."""
+    if parsed.best_of is not None and parsed.best_of < parsed.n:
+        raise ApiError(400, "'best_of' must be greater than or equal to 'n'", param="best_of")
+    if parsed.max_tokens is not None and parsed.min_tokens > parsed.max_tokens:
+        raise ApiError(400, "'min_tokens' must not exceed 'max_tokens'", param="min_tokens")
 
 
 def _param_of(message: str) -> str | None:

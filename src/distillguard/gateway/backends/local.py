@@ -1,4 +1,10 @@
-"""The local backend: the engine in this process, the tenant's watermark inside sampling."""
+"""The local backend: the engine in this process, the tenant's watermark inside sampling.
+
+The engine renders text and samples with temperature, top_p, stop, n, seed, logprobs and
+ignore_eos. A field it cannot honour (tools, response formats, penalties, logit_bias, best_of,
+echo, suffix, min_tokens, prompt_logprobs...) or a message part it cannot read (an image, a
+tool call) is refused with 400 naming it, not silently dropped; an upstream takes them all.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ from distillguard.engine.engine import Engine, PreparedRequest
 from distillguard.engine.params import GenerationRequest
 from distillguard.errors import ApiError, ContextLengthError, DistillGuardError, InputError
 from distillguard.gateway.backends.base import Failure, Finish, Reply
+from distillguard.gateway.fields import unsupported_locally
 from distillguard.gateway.metering import Call
 from distillguard.gateway.policy import Tier
 from distillguard.gateway.protocol import (
@@ -65,6 +72,7 @@ class LocalBackend:
     ) -> tuple[PreparedRequest, int]:
         if call.key is None:
             raise ApiError(401, "Incorrect API key provided", code="invalid_api_key")
+        _refuse_what_the_engine_cannot_honour(parsed)
         prepared = self._prepare(call.key.tenant, parsed, tier)
         key = prepared.watermark_key
         call.prompt_tokens = prepared.prompt_tokens
@@ -145,3 +153,23 @@ class LocalBackend:
 
     async def aclose(self) -> None:
         pass  # the engine belongs to whoever built it
+
+
+def _refuse_what_the_engine_cannot_honour(parsed: ParsedRequest) -> None:
+    name = unsupported_locally(parsed.sent, chat=parsed.chat)
+    if name is not None:
+        raise ApiError(
+            400,
+            f"Unsupported parameter: '{name}' is not supported by this model's local engine",
+            param=name,
+            code="unsupported_parameter",
+        )
+    if parsed.upstream_only:
+        part = parsed.upstream_only[0]
+        raise ApiError(
+            400,
+            f"Unsupported content: {part} is not text; this model's local engine reads the "
+            "role and text of each message only",
+            param=part,
+            code="unsupported_content",
+        )

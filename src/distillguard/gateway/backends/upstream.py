@@ -1,10 +1,11 @@
 """The upstream backend: keys, limits, metering and audit in front of any OpenAI-compatible
 server.
 
-The tier's max_tokens cap is made explicit when the client leaves it out (the upstream would
-default to its maximum). The outputs are not watermarked here: sampling happens upstream,
-and a watermark cannot be added to text after the fact; responses say so in
-`x-distillguard-watermark: unavailable`.
+The body sent upstream is built from the fields the gateway knows (`gateway/fields.py`), as the
+client sent them, never the client's body as it came. The tier's max_tokens cap is made
+explicit when the client leaves it out (the upstream would default to its maximum). The
+outputs are not watermarked here: sampling happens upstream, and a watermark cannot be added
+to text after the fact; responses say so in `x-distillguard-watermark: unavailable`.
 
 Token reservation needs the prompt's size before the upstream has counted it; without the
 upstream's tokenizer the gateway estimates one token per 4 bytes of prompt text (rounded up)
@@ -73,18 +74,23 @@ class UpstreamBackend:
     def prepare(
         self, call: Call, body: dict[str, Any], parsed: ParsedRequest, tier: Tier, keep_text: bool
     ) -> tuple[UpstreamJob, int]:
+        """The upstream's body is built from the allow-listed fields the client sent
+        (`parsed.sent`), never from `body` as it came: a field the gateway does not know and
+        govern cannot reach the upstream. Subclasses add their own fields to the job's body."""
+        upstream_body = dict(parsed.sent)
         if tier.max_tokens is not None and parsed.max_tokens is None:
             # the upstream would default to its maximum: hold it to the tier's cap
-            body = body | {"max_tokens": tier.max_tokens}
+            upstream_body["max_tokens"] = tier.max_tokens
             parsed = replace(parsed, max_tokens=tier.max_tokens)
             call.parsed = parsed
         prompt = parsed.prompt
         call.prompt_tokens = len(prompt) if isinstance(prompt, list) else estimate_tokens(prompt)
         call.prompt_text = prompt if isinstance(prompt, str) else json.dumps(prompt)
         call.max_tokens = parsed.max_tokens or self.max_tokens
-        reserved = call.prompt_tokens + call.max_tokens * parsed.n
+        # best_of generates more completions than it returns; each is paid for
+        reserved = call.prompt_tokens + call.max_tokens * parsed.generated_choices
         path = "/chat/completions" if parsed.chat else "/completions"
-        return UpstreamJob(path, body), reserved
+        return UpstreamJob(path, upstream_body), reserved
 
     async def complete(self, job: UpstreamJob, call: Call) -> Reply:
         reply = await self.client.post(job.path, job.body)
@@ -100,7 +106,10 @@ class UpstreamBackend:
         parsed = call.parsed
         include_usage = parsed is not None and parsed.include_usage
         call.texts = [[] for _ in range(parsed.n if parsed is not None else 1)]
-        body = job.body | {"stream_options": {"include_usage": True}}
+        # the usage chunk settles the reservation, whether or not the client asked for it
+        options = job.body.get("stream_options")
+        options = options if isinstance(options, dict) else {}
+        body = job.body | {"stream_options": options | {"include_usage": True}}
         async for code, line in self.client.stream(job.path, body):
             if code >= 400:
                 yield Finish(code, "upstream_rejected")

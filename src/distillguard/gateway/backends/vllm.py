@@ -76,7 +76,9 @@ class VllmBackend(UpstreamBackend):
         job, _ = super().prepare(call, body, parsed, tier, keep_text)
         call.prompt_tokens = self._count(parsed.prompt)
         parsed = call.parsed or parsed
-        reserved = call.prompt_tokens + (call.max_tokens or self.max_tokens) * parsed.n
+        reserved = (
+            call.prompt_tokens + (call.max_tokens or self.max_tokens) * parsed.generated_choices
+        )
         key = self.watermark_key_for(call.key.tenant)
         if key is None:
             call.watermark_header = "none"
