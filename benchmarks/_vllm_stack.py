@@ -156,7 +156,7 @@ class VllmStack:
     def added_latency(self, requests: int) -> dict[str, Any]:
         """p50 of vLLM direct and through the gateway, alternating, one request at a time."""
         master = MasterSecret(bytes.fromhex(self.master_secret), "benchmark")
-        body = {"model": self.model, "prompt": "The", "max_tokens": 8, "ignore_eos": True}
+        body = {"model": self.model, "prompt": "The", "max_tokens": 1, "ignore_eos": True}
         gateway_headers = {"authorization": f"Bearer {self.api_keys['acme']}"}
         direct: list[float] = []
         through: list[float] = []

@@ -193,7 +193,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--completions", type=int, default=200)
     parser.add_argument("--completion-tokens", type=int, default=200)
-    parser.add_argument("--latency-requests", type=int, default=100)
+    parser.add_argument("--latency-requests", type=int, default=200)
     args = parser.parse_args()
     python = vllm_python()
     tokenizer, _ = load_model_tokenizer(EMBEDDED_MODEL_DIR)

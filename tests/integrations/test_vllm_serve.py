@@ -175,6 +175,33 @@ def test_outputs_served_by_vllm_are_attributed_to_their_tenant(stack: Stack) -> 
                 assert detection.p_value > 1e-3, (tenant, detection.tenant)
 
 
+def test_streamed_choices_with_n_stop_and_seed_each_carry_the_watermark(stack: Stack) -> None:
+    client = openai.OpenAI(base_url=stack.gateway_url, api_key=stack.api_keys["globex"])
+    stream = client.completions.create(
+        model=_served(client),
+        prompt="The list of values",
+        max_tokens=120,
+        n=2,
+        seed=7,
+        stop=["@@@@"],
+        stream=True,
+        extra_body={"ignore_eos": True},
+    )
+    texts = ["", ""]
+    for chunk in stream:
+        for choice in chunk.choices:
+            texts[choice.index] += choice.text
+    tokenizer, width = load_model_tokenizer(EMBEDDED_MODEL_DIR)
+    config = SchemeConfig().bind(width, tokenizer_fingerprint(tokenizer))
+    keys = [derive_tenant_key(stack.master, tenant).watermark_key() for tenant in TENANTS]
+    for text in texts:
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        report = Detector(config).detect([ids], keys)
+        by_tenant = {detection.tenant: detection.p_value for detection in report.total}
+        assert by_tenant["globex"] < 1e-4, by_tenant
+        assert by_tenant["acme"] > 1e-3 and by_tenant["initech"] > 1e-3
+
+
 def test_a_client_cannot_send_its_own_vllm_xargs_through_the_gateway(stack: Stack) -> None:
     response = httpx.post(
         stack.gateway_url + "/completions",

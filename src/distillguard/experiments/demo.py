@@ -116,7 +116,10 @@ def _demo_tiers() -> dict[str, Tier]:
     still served (without extras), so that evidence accumulates."""
     return dict(DEFAULT_TIERS) | {
         "throttle": replace(DEFAULT_TIERS["throttle"], rate_factor=1.0),
-        "block": Tier(max_n=1, max_top_logprobs=0, max_tokens=256),  # keep serving: evidence
+        # keep serving, without extras (the block tier's own limits), so evidence accumulates
+        "block": replace(
+            DEFAULT_TIERS["block"], block=False, max_n=1, max_top_logprobs=0, max_tokens=256
+        ),
     }
 
 
