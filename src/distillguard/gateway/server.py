@@ -115,6 +115,13 @@ def build_server(
     background thread; tiers recorded before a restart are restored. With `redis`, limits
     and the monitor are shared with every replica on that Redis.
     """
+    if upstream_kind not in ("openai", "vllm"):
+        raise ConfigError(f"unknown upstream kind {upstream_kind!r}: openai or vllm")
+    if upstream_kind == "vllm" and upstream_tokenizer is None:
+        raise ConfigError(
+            "--upstream-kind vllm needs --upstream-tokenizer DIR: a local copy of the served "
+            "model's directory (its tokenizer and config.json bind the watermark's fingerprint)"
+        )
     rules = load_policy(policy)
     limiter = limiter_from_url(redis, fail_open=limiter_fail_open)
     watcher: Monitor | SharedMonitorLike | None = None
@@ -137,7 +144,7 @@ def build_server(
     if upstream:
         client = Upstream(upstream, api_key=upstream_api_key)
         served = _upstream_models(upstream, upstream_api_key)
-        if upstream_kind == "vllm":
+        if upstream_kind == "vllm" and upstream_tokenizer is not None:
             backend = _vllm_backend(home, database, client, served, upstream_tokenizer)
         else:
             backend = UpstreamBackend(client, tuple(str(item["id"]) for item in served))
@@ -200,7 +207,7 @@ def _vllm_backend(
     database: str | None,
     client: Upstream,
     served: list[dict[str, Any]],
-    tokenizer_dir: Path | None,
+    tokenizer_dir: Path,
 ) -> VllmBackend:
     """The vLLM backend, its scheme bound to the served tokenizer and logits width.
 
@@ -208,11 +215,6 @@ def _vllm_backend(
     /models names a directory that exists here, it must hold the same tokenizer and width, so
     that the fingerprint in every usage row is the served model's.
     """
-    if tokenizer_dir is None:
-        raise ConfigError(
-            "--upstream-kind vllm needs --upstream-tokenizer DIR: a local copy of the served "
-            "model's directory (its tokenizer and config.json bind the watermark's fingerprint)"
-        )
     tokenizer, width = _tokenizer_and_width(tokenizer_dir)
     scheme = SchemeConfig().bind(width, tokenizer_fingerprint(tokenizer))
     for item in served:
