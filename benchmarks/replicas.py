@@ -358,7 +358,7 @@ def measure_limits(
 
 def measure_crash(database: str, redis_url: str, clients: int, seconds: float) -> dict[str, Any]:
     from distillguard.store import connect
-    from distillguard.store.audit import verify_chain
+    from distillguard.store.chain import verify_chain
 
     stack = Stack(database, redis_url, "crash")
     try:

@@ -19,7 +19,7 @@ from distillguard.experiments.distill import (
     train_student,
 )
 from distillguard.store import connect
-from distillguard.store.audit import verify_chain
+from distillguard.store.chain import verify_chain
 
 
 def test_harvest_train_and_audit_at_toy_scale(tmp_path: Path, tiny_model_dir: Path) -> None:

@@ -16,7 +16,8 @@ from distillguard.gateway.backends import UpstreamBackend
 from distillguard.gateway.backends.client import Upstream
 from distillguard.gateway.mock import MOCK_MODEL, MOCK_TEXT, mock_upstream_app
 from distillguard.store import connect
-from distillguard.store.audit import AuditLog, verify_chain
+from distillguard.store.audit import AuditLog
+from distillguard.store.chain import verify_chain
 
 from .conftest import run_app
 

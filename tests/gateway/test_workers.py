@@ -22,7 +22,7 @@ from distillguard.gateway.apikeys import create_api_key
 from distillguard.gateway.mock import mock_upstream_app
 from distillguard.gateway.server import prepare_home
 from distillguard.store import connect
-from distillguard.store.audit import verify_chain
+from distillguard.store.chain import verify_chain
 
 from ..conftest import redis_url
 from .conftest import run_app

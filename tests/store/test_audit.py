@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from distillguard.store import Connection, connect
-from distillguard.store.audit import AuditLog, verify_chain
+from distillguard.store.audit import AuditLog
+from distillguard.store.chain import verify_chain
 from distillguard.store.usage import UsageRecord, read_usage
 
 

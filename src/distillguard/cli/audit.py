@@ -31,7 +31,7 @@ def audit_verify(state: State) -> None:
     Replicas sharing one database append to one chain (each write takes the database's chain
     lock), so this checks every replica's records in the order they were committed.
     """
-    from distillguard.store.audit import verify_chain
+    from distillguard.store.chain import verify_chain
 
     with closing(state.connect()) as connection:
         result = verify_chain(connection)

@@ -109,7 +109,7 @@ def _read_records(home: Path, database: str | None, tenant: str | None, key_id: 
     from distillguard.keys import recorded_commitments
     from distillguard.monitor.history import TierHistory
     from distillguard.store import connect
-    from distillguard.store.audit import verify_chain
+    from distillguard.store.chain import verify_chain
     from distillguard.store.usage import read_usage
 
     with closing(connect(home, url=database)) as connection:

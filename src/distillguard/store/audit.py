@@ -1,28 +1,17 @@
-"""The tamper-evident audit log: usage rows chained by hash, written with group commit.
-
-Every request the gateway answers gets a usage row (tenant, key, model, token counts, status,
-latency, watermark key id and scheme fingerprint, parameters, and the prompt and output text,
-zlib-compressed) and an audit record chained by hash::
-
-    record      = canonical JSON of the usage row, with SHA-256 of the prompt and output text
-    record_hash = SHA-256(prev_hash || record)        (prev_hash of the first record: 64 zeros)
-
-Changing any row (its text, a token count) or the order of rows breaks the chain at that
-record; `verify_chain` names the first bad one.
+"""The audit log's writer: usage rows and their chained records, with group commit.
 
 Writes happen on a background thread with group commit: whatever is queued when a write
 starts goes in one transaction. The gateway waits for its record's commit (`durable`) before
 the response's last bytes leave, so a response a client received always has its rows, even
 when the process is killed. Several processes (replicas) append to one chain: each write
 takes the database's chain lock (`Connection.lock_chain`), reads the last hash and appends after
-it, so `verify_chain` checks one sequence whatever the number of replicas.
+it, so `verify_chain` (`store/chain.py`) checks one sequence whatever the number of replicas.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import queue
@@ -31,36 +20,16 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from distillguard.store.base import Connection
+from distillguard.store.chain import GENESIS, link, record_json
 from distillguard.store.usage import USAGE_COLUMNS, UsageRecord
 
-__all__ = ["GENESIS", "AuditLog", "ChainVerification", "verify_chain"]
+__all__ = ["AuditLog"]
 
 log = logging.getLogger("distillguard.audit")
 
-GENESIS = "0" * 64
 _ROWS_PER_INSERT = 256  # 256 x 16 parameters: within SQLite's limit of 32,766
-
-
-def _record_json(row: dict[str, Any]) -> str:
-    """The audited form of a usage row: everything, with the texts as their hashes."""
-    return json.dumps(_audited(row), sort_keys=True, separators=(",", ":"))
-
-
-def _audited(row: dict[str, Any]) -> dict[str, Any]:
-    audited = {
-        name: row[name] for name in USAGE_COLUMNS if name not in ("prompt_text", "output_text")
-    }
-    audited["latency_ms"] = round(float(audited["latency_ms"]), 3)
-    audited["prompt_sha256"] = hashlib.sha256(row["prompt_text"].encode()).hexdigest()
-    audited["output_sha256"] = hashlib.sha256(row["output_text"].encode()).hexdigest()
-    return audited
-
-
-def _chain(prev_hash: str, record: str) -> str:
-    return hashlib.sha256(prev_hash.encode() + record.encode()).hexdigest()
 
 
 class AuditLog:
@@ -189,7 +158,7 @@ class AuditLog:
             row["parameters"] = json.dumps(record.parameters, sort_keys=True, separators=(",", ":"))
             if not self._store_text:
                 row["prompt_text"] = row["output_text"] = ""
-            audited_records.append((record.request_id, _record_json(row)))
+            audited_records.append((record.request_id, record_json(row)))
             row["prompt_text"] = zlib.compress(row["prompt_text"].encode())
             row["output_text"] = zlib.compress(row["output_text"].encode())
             usage_rows.append(tuple(row[name] for name in USAGE_COLUMNS))
@@ -202,7 +171,7 @@ class AuditLog:
             prev_hash = last[0] if last else GENESIS
             links = []
             for request_id, audited in audited_records:
-                record_hash = _chain(prev_hash, audited)
+                record_hash = link(prev_hash, audited)
                 links.append((request_id, audited, prev_hash, record_hash))
                 prev_hash = record_hash
             # multi-row INSERTs: one statement per chunk of rows, far fewer round trips
@@ -243,56 +212,3 @@ def _set_done(futures: list[asyncio.Future[None]]) -> None:
     for future in futures:
         if not future.done():  # the waiting request may have been cancelled
             future.set_result(None)
-
-
-@dataclass(frozen=True)
-class ChainVerification:
-    ok: bool
-    records: int
-    first_bad_seq: int | None = None
-    request_id: str | None = None
-    reason: str | None = None
-
-
-def verify_chain(connection: Connection) -> ChainVerification:
-    """Recompute every record from its usage row and every hash from the previous one."""
-    prev_hash = GENESIS
-    count = 0
-    audit_rows = connection.execute(
-        "SELECT seq, request_id, record, prev_hash, record_hash FROM audit ORDER BY seq"
-    )
-    for seq, request_id, record, stored_prev, record_hash in audit_rows:
-        count += 1
-        usage = connection.execute(
-            f"SELECT {', '.join(USAGE_COLUMNS)} FROM usage WHERE request_id = ?",  # noqa: S608
-            (request_id,),
-        ).fetchone()
-        if usage is None:
-            return ChainVerification(False, count, seq, request_id, "its usage row is missing")
-        row = dict(zip(USAGE_COLUMNS, usage, strict=True))
-        # Text removed by the retention policy (NULL) cannot be checked, but the record keeps its
-        # hash: text can be purged, never altered.
-        purged = row["prompt_text"] is None
-        row["prompt_text"] = "" if purged else zlib.decompress(row["prompt_text"]).decode()
-        row["output_text"] = "" if purged else zlib.decompress(row["output_text"]).decode()
-        expected = _audited(row)
-        if purged:
-            stored = json.loads(record)
-            expected["prompt_sha256"] = stored.get("prompt_sha256")
-            expected["output_sha256"] = stored.get("output_sha256")
-        if json.dumps(expected, sort_keys=True, separators=(",", ":")) != record:
-            return ChainVerification(False, count, seq, request_id, "its usage row was changed")
-        if stored_prev != prev_hash:
-            return ChainVerification(
-                False,
-                count,
-                seq,
-                request_id,
-                "the chain is broken before it (rows removed or reordered)",
-            )
-        if _chain(prev_hash, record) != record_hash:
-            return ChainVerification(
-                False, count, seq, request_id, "its hash does not match its record"
-            )
-        prev_hash = record_hash
-    return ChainVerification(True, count)
