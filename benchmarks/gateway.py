@@ -10,6 +10,7 @@ limits, metering and the audit log all on), and LiteLLM proxy (installed by this
 master key). One load client for all: at concurrency 1, `--requests` sequential chat requests
 per target over a kept-alive connection (latency percentiles; "added" is ours minus calling the
 mock directly); then `--seconds` of load at concurrency `--concurrency` (requests per second).
+`--journal-fsync-ms N` passes that option to our `serve` (group fsync of the audit journal).
 """
 
 from __future__ import annotations
@@ -114,6 +115,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--journal-fsync-ms", type=float, default=None)
     args = parser.parse_args()
 
     bin_dir = Path(sys.executable).parent
@@ -171,6 +173,11 @@ def main() -> None:
                     str(ours_port),
                     "--upstream",
                     mock,
+                    *(
+                        []
+                        if args.journal_fsync_ms is None
+                        else ["--journal-fsync-ms", str(args.journal_fsync_ms)]
+                    ),
                 ],
                 env=env,
                 stdout=subprocess.DEVNULL,
@@ -259,6 +266,7 @@ def main() -> None:
         "litellm_rps": rates["litellm"],
         "vs_litellm_rps": rates["ours"] / rates["litellm"],
         "concurrency": args.concurrency,
+        "journal_fsync_ms": args.journal_fsync_ms,
     }
     if args.json:
         print(json.dumps(figures, indent=2))

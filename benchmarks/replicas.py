@@ -357,6 +357,8 @@ def measure_limits(
 
 
 def measure_crash(database: str, redis_url: str, clients: int, seconds: float) -> dict[str, Any]:
+    from distillguard.keys import init_master_secret
+    from distillguard.keys.derive import chain_keys
     from distillguard.store import connect
     from distillguard.store.chain import verify_chain
 
@@ -383,7 +385,7 @@ def measure_crash(database: str, redis_url: str, clients: int, seconds: float) -
         received = [o for o in outcomes if o.request_id is not None]
         connection = connect(stack.home, url=stack.database)
         stored = {row[0] for row in connection.execute("SELECT request_id FROM usage")}
-        chain = verify_chain(connection)
+        chain = verify_chain(connection, chain_keys(init_master_secret(stack.home)[0]))
         connection.close()
         lost = [o for o in received if o.request_id not in stored]
         return {

@@ -10,6 +10,7 @@ PUBLIC = {
     "distillguard.errors": [
         "ApiError",
         "AuditChainError",
+        "AuditUnavailable",
         "AuthenticationError",
         "ConfigError",
         "ContextLengthError",

@@ -19,7 +19,8 @@ OpenAI-format error bodies. The hierarchy::
     ├── ApiError                      an answer for an HTTP client, in OpenAI's error format
     ├── UpstreamError                 the upstream server could not be reached or broke off
     ├── ServiceUnavailableError       a shared service (Redis, PostgreSQL) cannot be reached
-    │   └── LimiterUnavailable        the shared rate limiter cannot decide an admission
+    │   ├── LimiterUnavailable        the shared rate limiter cannot decide an admission
+    │   └── AuditUnavailable          the audit log cannot make a record safe in time
     └── MissingDependencyError        an optional extra is not installed
 """
 
@@ -28,6 +29,7 @@ from __future__ import annotations
 __all__ = [
     "ApiError",
     "AuditChainError",
+    "AuditUnavailable",
     "AuthenticationError",
     "ConfigError",
     "ContextLengthError",
@@ -119,6 +121,10 @@ class ServiceUnavailableError(DistillGuardError):
 
 class LimiterUnavailable(ServiceUnavailableError):
     """The shared rate limiter (Redis) cannot decide an admission in time."""
+
+
+class AuditUnavailable(ServiceUnavailableError):
+    """The audit log cannot make a record safe (journaled, or committed) in time."""
 
 
 class AuthenticationError(DistillGuardError):

@@ -8,11 +8,15 @@ from .conftest import assert_one_line_error, run
 
 
 def test_audit_verify_reports_a_broken_chain(tmp_path: Path) -> None:
+    from distillguard.keys import load_master_secret
     from distillguard.store import connect
     from distillguard.store.audit import AuditLog
+    from distillguard.store.integrity import current_chain_key
     from distillguard.store.usage import UsageRecord
 
-    log = AuditLog(lambda: connect(tmp_path))
+    assert run(tmp_path, "keys", "init")[0] == 0
+    key = current_chain_key(load_master_secret(tmp_path))
+    log = AuditLog(lambda: connect(tmp_path), chain_key=key)
     for index in range(3):
         log.append(
             UsageRecord(
@@ -33,7 +37,12 @@ def test_audit_verify_reports_a_broken_chain(tmp_path: Path) -> None:
         )
     log.close()
     code, out, _ = run(tmp_path, "audit", "verify")
-    assert code == 0 and "3 records" in out
+    assert code == 0 and "3 records (3 keyed" in out
+    assert run(tmp_path, "audit", "anchor")[0] == 0
+    code, out, _ = run(tmp_path, "audit", "purge-text", "--older-than-days", "0")
+    assert code == 0
+    code, out, _ = run(tmp_path, "audit", "verify")
+    assert code == 0 and "1 purge events" in out and "1 records not yet anchored" in out
     import sqlite3
 
     with sqlite3.connect(tmp_path / "distillguard.db") as connection:

@@ -55,5 +55,6 @@ def test_keys_and_audit_commands_work_on_postgresql(
     code, out, _ = run(tmp_path, "--database", fresh_postgres_url, "keys", "list")
     assert code == 0 and "acme" in out
     assert not (tmp_path / "distillguard.db").exists()  # nothing went to SQLite
+    assert run(tmp_path, "keys", "init")[0] == 0  # the chain key comes from the master secret
     code, out, _ = run(tmp_path, "--database", fresh_postgres_url, "audit", "verify")
     assert code == 0 and "intact: 0 records" in out

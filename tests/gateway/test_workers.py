@@ -21,6 +21,8 @@ import httpx
 from distillguard.gateway.apikeys import create_api_key
 from distillguard.gateway.mock import mock_upstream_app
 from distillguard.gateway.server import prepare_home
+from distillguard.keys import load_master_secret
+from distillguard.keys.derive import chain_keys
 from distillguard.store import connect
 from distillguard.store.chain import verify_chain
 
@@ -127,7 +129,7 @@ def test_a_worker_killed_under_load_loses_no_answered_request(
     stored = {row[0] for row in store.execute("SELECT request_id FROM usage")}
     assert len(received) > 100
     assert [request for request in received if request not in stored] == []
-    chain = verify_chain(store)
+    chain = verify_chain(store, chain_keys(load_master_secret(tmp_path)))
     store.close()
     assert chain.ok and chain.records == len(stored)
 

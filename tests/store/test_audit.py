@@ -123,7 +123,7 @@ def test_writes_continue_the_chain_after_a_restart(database: Callable[[], Connec
 def test_purged_text_keeps_the_chain_verifiable_but_not_forgeable(
     database: Callable[[], Connection],
 ) -> None:
-    from distillguard.store.usage import purge_text
+    from distillguard.store.retention import purge_text
 
     connection = database()
     assert purge_text(connection, "2026-11-30T00:00:05Z") == 5

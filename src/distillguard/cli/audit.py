@@ -9,11 +9,15 @@ import sys
 from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
 from distillguard.cli.options import State, scheme_config, scheme_options
 from distillguard.errors import AuditChainError
+from distillguard.store.checkpoint import ANCHOR_FILE
+
+F = TypeVar("F", bound=Any)
 
 __all__ = ["audit"]
 
@@ -23,25 +27,69 @@ def audit() -> None:
     """Check the tamper-evident audit log."""
 
 
+def anchor_option(function: F) -> F:
+    return click.option(
+        "--anchor",
+        "anchor",
+        type=click.Path(path_type=Path),
+        envvar="DISTILLGUARD_ANCHOR",
+        default=None,
+        help="The append-only file of signed checkpoints [env DISTILLGUARD_ANCHOR]. Default: "
+        f"{ANCHOR_FILE} in the data directory.",
+    )(function)
+
+
 @audit.command("verify")
+@anchor_option
 @click.pass_obj
-def audit_verify(state: State) -> None:
-    """Recompute the audit chain from the usage rows; name the first bad record.
+def audit_verify(state: State, anchor: Path | None) -> None:
+    """Check the audit log: every record, every usage row, the purges and the checkpoints.
 
-    Replicas sharing one database append to one chain (each write takes the database's chain
-    lock), so this checks every replica's records in the order they were committed.
+    Recomputes the keyed chain from the usage rows, checks that every usage row has its record
+    and that text is missing only where a purge event covers it, then checks each anchored
+    checkpoint's signature and that the database still holds its head. Names the first
+    failure and exits non-zero. Replicas sharing one database append to one chain, so this
+    checks every replica's records in the order they were committed.
     """
-    from distillguard.store.chain import verify_chain
+    from distillguard.keys import load_master_secret
+    from distillguard.store.integrity import verify_log
 
+    master = load_master_secret(state.home)
     with closing(state.connect()) as connection:
-        result = verify_chain(connection)
-    if result.ok:
-        click.echo(f"audit chain intact: {result.records} records")
-        return
-    raise AuditChainError(
-        f"audit chain broken at record {result.first_bad_seq} (request {result.request_id}): "
-        f"{result.reason}"
+        result = verify_log(connection, master, _anchor_path(state, anchor))
+    failure = result.failure()
+    if failure is not None:
+        raise AuditChainError(failure)
+    click.echo(f"audit log intact: {result.summary()}")
+    click.echo(f"checkpoint public key (Ed25519): {result.public_key}")
+
+
+@audit.command("anchor")
+@anchor_option
+@click.pass_obj
+def audit_anchor(state: State, anchor: Path | None) -> None:
+    """Sign a checkpoint of the audit chain's head now and append it to the anchor.
+
+    Ship the anchor file somewhere the database's owner cannot rewrite. `serve` also writes
+    checkpoints on a schedule and when it stops.
+    """
+    from distillguard.keys import load_master_secret
+    from distillguard.store.integrity import anchor_checkpoint
+
+    master = load_master_secret(state.home)
+    path = _anchor_path(state, anchor)
+    with closing(state.connect()) as connection:
+        checkpoint = anchor_checkpoint(connection, master, path)
+    click.echo(
+        f"checkpoint at record {checkpoint.seq} ({checkpoint.records} records) appended to {path}"
     )
+    click.echo(f"checkpoint public key (Ed25519): {checkpoint.public_key}")
+
+
+def _anchor_path(state: State, anchor: Path | None) -> Path:
+    from distillguard.config import data_dir
+
+    return anchor if anchor is not None else data_dir(state.home) / ANCHOR_FILE
 
 
 @audit.command("purge-text")
@@ -50,15 +98,18 @@ def audit_verify(state: State) -> None:
 def audit_purge_text(state: State, older_than_days: float) -> None:
     """Apply a retention policy: drop prompt and output text older than N days.
 
-    Token counts, parameters and the audit chain stay; the chain still verifies, because it
-    holds the hashes of the removed text.
+    Token counts, parameters and the audit chain stay, and the purge is itself recorded in the
+    chain; the chain still verifies, because it holds the hashes of the removed text.
     """
-    from distillguard.store.usage import purge_text
+    from distillguard.keys import load_master_secret
+    from distillguard.store.integrity import current_chain_key
+    from distillguard.store.retention import purge_text
 
+    key = current_chain_key(load_master_secret(state.home))
     cutoff = datetime.now(UTC) - timedelta(days=older_than_days)
     stamp = cutoff.isoformat(timespec="microseconds").replace("+00:00", "Z")
     with closing(state.connect()) as connection:
-        removed = purge_text(connection, stamp)
+        removed = purge_text(connection, stamp, key)
     click.echo(f"removed the text of {removed} usage rows created before {stamp}")
 
 

@@ -48,6 +48,22 @@ __all__ = ["serve"]
 )
 @click.option("--no-monitor", is_flag=True, help="Do not run the harvest monitor.")
 @click.option(
+    "--anchor",
+    type=click.Path(path_type=Path),
+    envvar="DISTILLGUARD_ANCHOR",
+    default=None,
+    help="Append-only file for the audit chain's signed checkpoints, to ship where the "
+    "database's owner cannot rewrite it [env DISTILLGUARD_ANCHOR]. Default: "
+    "anchor/checkpoints.jsonl in the data directory.",
+)
+@click.option(
+    "--anchor-seconds",
+    type=click.FloatRange(min=1.0),
+    default=60.0,
+    show_default=True,
+    help="Anchor a checkpoint this often when the chain has grown (and always at shutdown).",
+)
+@click.option(
     "--policy",
     type=click.Path(path_type=Path),
     default=None,
@@ -78,6 +94,24 @@ __all__ = ["serve"]
     is_flag=True,
     help="When Redis is unreachable, admit requests uncounted instead of answering 503.",
 )
+@click.option(
+    "--journal-fsync-ms",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="fsync the audit journal (at most once every this many milliseconds; one fsync covers "
+    "everything written meanwhile) and hold each answer until its record is fsynced: answered "
+    "requests then survive a host crash, not only a killed process. 0: never fsync (the page "
+    "cache survives kill -9, not a power cut).",
+)
+@click.option(
+    "--journal-wait-ms",
+    type=click.FloatRange(min=0),
+    default=1000.0,
+    show_default=True,
+    help="The most an answer waits for its usage record to be safe (journaled and fsynced, or "
+    "committed while the database lags); past it the answer is a 503 audit_unavailable.",
+)
 @click.pass_obj
 def serve(
     state: State,
@@ -92,20 +126,26 @@ def serve(
     upstream_kind: str,
     upstream_tokenizer: Path | None,
     no_monitor: bool,
+    anchor: Path | None,
+    anchor_seconds: float,
     policy: Path | None,
     risk_model: Path | None,
     redis: str | None,
     workers: int,
     limiter_fail_open: bool,
+    journal_fsync_ms: float,
+    journal_wait_ms: float,
 ) -> None:
     """Run the OpenAI-compatible gateway (the embedded model unless --model or --upstream).
 
     State lives in the data directory (SQLite), or in PostgreSQL with --database. Several
     processes (--workers N, or replicas on other machines) share one PostgreSQL or SQLite
     store and one Redis: limits stay exact across all of them, the audit log stays one chain,
-    and the monitor sees all traffic. On first start it creates the master secret
-    and a demo API key, printed once. The harvest monitor watches every key and moves harvesters
-    up the tiers (watch, throttle, block). The admin API (/v1/admin/...) is on when
+    and the monitor sees all traffic. Each process journals every usage record to a file in
+    the data directory before answering, and commits it to the database in the background;
+    at start, journals left by dead processes are replayed. On first start it creates the
+    master secret and a demo API key, printed once. The harvest monitor watches every key and
+    moves harvesters up the tiers (watch, throttle, block). The admin API (/v1/admin/...) is on when
     DISTILLGUARD_ADMIN_TOKEN is set; requests to it carry that token as a bearer token.
     """
     require("uvicorn", "gateway")
@@ -131,12 +171,16 @@ def serve(
         "upstream_tokenizer": upstream_tokenizer,
         "tenant_limits": _tenant_limits(tenant_rpm, tenant_tpm),
         "monitor": not no_monitor,
+        "anchor": anchor,
+        "anchor_seconds": anchor_seconds,
         "policy": policy,
         "risk_model": risk_model,
         "admin_token": admin_token_from_env(),
         "database": state.database,
         "redis": redis,
         "limiter_fail_open": limiter_fail_open,
+        "journal_fsync_ms": journal_fsync_ms,
+        "journal_wait_ms": journal_wait_ms,
     }
     if workers > 1:
         from distillguard.gateway.workers import serve_workers

@@ -103,17 +103,52 @@ class _Records:
     tier_changes: list[dict[str, Any]]  # the monitor's tier changes of the tenant's API keys
 
 
+def _verify_log(connection: Any, home: Path) -> dict[str, Any]:
+    """The audit log's verification, with what was verified and against which checkpoint."""
+    from distillguard.config import data_dir
+    from distillguard.errors import SecretError
+    from distillguard.keys import load_master_secret
+    from distillguard.store.checkpoint import ANCHOR_FILE
+    from distillguard.store.integrity import verify_log
+
+    try:
+        master = load_master_secret(home)
+    except SecretError as exc:
+        return {"ok": False, "records": 0, "first_bad_seq": None, "reason": str(exc)}
+    result = verify_log(connection, master, data_dir(home) / ANCHOR_FILE)
+    last = result.checkpoints.last
+    return {
+        "ok": result.ok,
+        "records": result.chain.records,
+        "first_bad_seq": result.chain.first_bad_seq,
+        "reason": result.failure(),
+        "verified": result.summary(),
+        "keyed_records": result.chain.keyed,
+        "unkeyed_records": result.chain.unkeyed,
+        "purge_events": result.chain.purges,
+        "checkpoint": None
+        if last is None
+        else {
+            "seq": last.seq,
+            "records": last.records,
+            "created_at": last.created_at,
+            "head_hash": last.head_hash,
+        },
+        "unanchored_records": result.checkpoints.unanchored,
+        "checkpoint_public_key": result.public_key,
+    }
+
+
 def _read_records(home: Path, database: str | None, tenant: str | None, key_id: str) -> _Records:
     """The audit chain's verification, and (with a tenant) the key's commitments and the
     tenant's usage and tier history."""
     from distillguard.keys import recorded_commitments
     from distillguard.monitor.history import TierHistory
     from distillguard.store import connect
-    from distillguard.store.chain import verify_chain
     from distillguard.store.usage import read_usage
 
     with closing(connect(home, url=database)) as connection:
-        chain = verify_chain(connection)
+        audit_chain = _verify_log(connection, home)
         commitments = (
             [c for c in recorded_commitments(connection, tenant=tenant) if c.key_id == key_id]
             if tenant
@@ -124,12 +159,7 @@ def _read_records(home: Path, database: str | None, tenant: str | None, key_id: 
     history = TierHistory(lambda: connect(home, url=database)).changes() if tenant else []
     key_ids = {row.key_id for row in usage}
     return _Records(
-        audit_chain={
-            "ok": chain.ok,
-            "records": chain.records,
-            "first_bad_seq": chain.first_bad_seq,
-            "reason": chain.reason,
-        },
+        audit_chain=audit_chain,
         commitment=[
             {
                 "tenant": c.tenant,
@@ -256,7 +286,8 @@ result at least as strong as the one observed.</p>
 timestamp) when it was first used; the commitment can be checked without revealing the key.</p>
 <table><tr><th>tenant</th><th>key id</th><th>committed at</th><th>commitment</th><th>scheme</th></tr>{_commitment_rows(report["commitment"])}</table>
 <h2>Audit log</h2>
-<p>{"The hash chain over every usage record verifies" if chain["ok"] else "The hash chain FAILED at record " + str(chain["first_bad_seq"])}: {chain["records"]} records checked.</p>
+<p>{"The keyed hash chain over every usage record verifies" if chain["ok"] else "The audit log FAILED verification"}: {html.escape(str(chain.get("verified") or chain["reason"] or ""))}.</p>
+<p>Checkpoints are signed with the Ed25519 public key <code>{html.escape(str(chain.get("checkpoint_public_key", "unknown")))}</code>; anyone can check the anchored checkpoints with it, without the master secret.</p>
 <h2>The account: usage and risk</h2>
 <table><tr><th>when</th><th>key</th><th>tier</th><th>requests</th><th>reasons</th></tr>{_tier_rows(report["account_timeline"]["tier_changes"])}</table>
 <h2>Reproduce</h2>

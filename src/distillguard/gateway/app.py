@@ -4,10 +4,11 @@ Per request: authenticate the key -> read and validate the body -> check the mod
 key's tier caps -> the backend prepares it (tokenizes or estimates the prompt, picks the
 watermark) -> admit under the rate limits (tokens reserved as prompt + max_tokens x n) ->
 the backend completes or streams it -> settle the tokens -> meter: the usage row and its
-audit record, and the monitor's event. The answer leaves once its usage row is committed (a
-stream waits for that before its last chunk). Every response carries `x-request-id` and the
-six `x-ratelimit-*` headers once the key is known; errors use OpenAI's body
-`{"error": {"message", "type", "param", "code"}}`.
+audit record, and the monitor's event. The answer leaves once its usage record is safe: in
+the audit journal, or committed (a stream waits for that before its last chunk); a record
+not safe within `audit_wait` turns the answer into a 503 `audit_unavailable`. Every response
+carries `x-request-id` and the six `x-ratelimit-*` headers once the key is known; errors use
+OpenAI's body `{"error": {"message", "type", "param", "code"}}`.
 
 The backends (`backends/`: the local engine, an upstream server) differ only in how they
 prepare and produce a completion; everything else is this one flow.
@@ -36,6 +37,7 @@ from distillguard.gateway.metering import (
     Call,
     monitor_event,
     new_request_id,
+    record_safe,
     refusal_headers,
     response_headers,
     usage_record,
@@ -167,12 +169,14 @@ class Gateway:
     # -- the request flow ---------------------------------------------------------------------
 
     async def _answer(self, request: Request, *, chat: bool) -> Response:
-        """Serve the request; the answer leaves once its usage row is committed."""
+        """Serve the request; the answer leaves once its usage record is safe."""
         call = Call.start("chat.completions" if chat else "completions")
         self.backend.begin(call)
         response = await self._serve(request, call, chat=chat)
         if call.committed is not None and not isinstance(response, StreamingResponse):
-            await call.committed
+            unsafe = await self._record_safe(call)
+            if unsafe is not None:
+                return self._error(call, unsafe)
         return response
 
     async def _serve(self, request: Request, call: Call, *, chat: bool) -> Response:
@@ -231,14 +235,19 @@ class Gateway:
 
     async def _stream(self, job: Any, call: Call) -> AsyncIterator[str]:
         outcome, status = "client_disconnected", 499
+        unsafe: ApiError | None = None
         try:
             async for piece in self.backend.stream(job, call):
                 if isinstance(piece, Finish):
                     outcome, status = piece.outcome, piece.status
-                    await self._finish_durably(call, status, outcome)
+                    unsafe = await self._finish_durably(call, status, outcome)
+                    if unsafe is not None:
+                        break  # the last chunk does not leave: the client sees the 503 error
                 else:
                     yield piece
             outcome, status = "ok", 200
+            if unsafe is not None:
+                yield "data: " + json.dumps(error_body(unsafe)) + "\n\n"
         except Exception as exc:
             failure = self.backend.failure(exc, call)
             if failure is None:
@@ -322,11 +331,15 @@ class Gateway:
             self.limiter.settle(call.admission, call.prompt_tokens + call.completion_tokens)
         self._record(call, status, outcome)
 
-    async def _finish_durably(self, call: Call, status: int, outcome: str) -> None:
-        """Finish the call and wait for its usage row's commit (before a stream's last chunk)."""
+    async def _finish_durably(self, call: Call, status: int, outcome: str) -> ApiError | None:
+        """Finish the call and wait until its record is safe (before a stream's last chunk);
+        the 503 to send instead when it is not, in time."""
         self._finish(call, status, outcome)
-        if call.committed is not None:
-            await call.committed
+        return await self._record_safe(call)
+
+    async def _record_safe(self, call: Call) -> ApiError | None:
+        """None once the call's record is safe; the 503 to answer when it is not in time."""
+        return await record_safe(call, self.settings.audit_wait)
 
     def _record(self, call: Call, status: int, outcome: str) -> None:
         elapsed = time.perf_counter() - call.started

@@ -1,10 +1,12 @@
-"""Metering: what one request accumulates, the usage row and monitor event made of it, and the
-rate-limit headers every answer carries once its key is known."""
+"""Metering: what one request accumulates, the usage row and monitor event made of it, the
+bounded wait for that row to be safe, and the rate-limit headers every answer carries once
+its key is known."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import secrets
 import time
@@ -12,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from distillguard.errors import ApiError, AuditUnavailable
 from distillguard.gateway.apikeys import ApiKey
 from distillguard.gateway.fields import audit_parameters
 from distillguard.gateway.protocol import ParsedRequest
@@ -23,10 +26,13 @@ __all__ = [
     "Call",
     "monitor_event",
     "new_request_id",
+    "record_safe",
     "refusal_headers",
     "response_headers",
     "usage_record",
 ]
+
+log = logging.getLogger("distillguard.gateway")
 
 
 def new_request_id() -> str:
@@ -53,7 +59,7 @@ class Call:
     watermark_key_id: str | None = None
     watermark_header: str | None = None  # key id, "none", or "unavailable" (upstream mode)
     fingerprint: str | None = None  # the watermark scheme's, when a key marked the output
-    committed: asyncio.Future[None] | None = None  # the usage row's commit, when durable
+    committed: asyncio.Future[None] | None = None  # its record is safe (AuditLog.submit)
     finished: bool = False
 
     @classmethod
@@ -154,3 +160,38 @@ def refusal_headers(call: Call, refusal: Refusal) -> dict[str, str]:
         "retry-after": str(max(1, math.ceil(retry))),
         "retry-after-ms": str(max(1, math.ceil(retry * 1000))),
     }
+
+
+async def record_safe(call: Call, wait: float) -> ApiError | None:
+    """Wait, at most `wait` seconds, for the call's usage record to be safe (journaled, or
+    committed: `AuditLog.submit`); None when it is, else the 503 to answer instead (the record
+    stays queued and journaled, to be committed or replayed later)."""
+    future = call.committed
+    if future is None:
+        return None
+    if not future.done():
+        timer = asyncio.get_running_loop().call_later(wait, _give_up, future, wait)
+        try:
+            await future
+        except AuditUnavailable:
+            pass
+        finally:
+            timer.cancel()
+    failure = future.exception()
+    if failure is None:
+        return None
+    log.warning("request %s answered 503: %s", call.request_id, failure)
+    return ApiError(
+        503,
+        "The audit log could not record this request in time; retry shortly",
+        kind="server_error",
+        code="audit_unavailable",
+    )
+
+
+def _give_up(future: asyncio.Future[None], seconds: float) -> None:
+    """The bound on an answer's wait: fail the wait (not the record, which stays queued)."""
+    if not future.done():
+        future.set_exception(
+            AuditUnavailable(f"the usage record was not safe within {seconds * 1000:.0f} ms")
+        )

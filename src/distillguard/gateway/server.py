@@ -8,6 +8,7 @@ limits (Redis) and the monitor (its event stream and tiers in Redis).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any, Protocol
 
 import httpx
 
+from distillguard.config import data_dir
 from distillguard.engine.engine import Engine
 from distillguard.errors import ConfigError
 from distillguard.gateway.apikeys import KeyStore, create_api_key, list_api_keys
@@ -30,7 +32,12 @@ from distillguard.monitor.history import TierHistory
 from distillguard.monitor.model import RiskModel
 from distillguard.monitor.monitor import Monitor
 from distillguard.store import Connection, connect
+from distillguard.store.anchoring import Anchorer
 from distillguard.store.audit import AuditLog
+from distillguard.store.base import describe
+from distillguard.store.checkpoint import ANCHOR_FILE
+from distillguard.store.integrity import current_chain_key
+from distillguard.store.journal import Journal
 from distillguard.watermark.key import WatermarkKey
 from distillguard.watermark.scheme import SchemeConfig, tokenizer_fingerprint
 
@@ -46,12 +53,15 @@ class Server:
     demo_key: str | None  # the demo API key, when this start created it (shown once)
     monitor: Monitor | SharedMonitorLike | None = None
     limiter: RateLimiter | None = None
+    anchorer: Anchorer | None = None
 
     def close(self) -> None:
-        """Flush the audit log, stop the monitor and the engine."""
+        """Flush the audit log, anchor its head, stop the monitor and the engine."""
         if self.monitor is not None:
             self.monitor.close()
         self.audit.close()
+        if self.anchorer is not None:
+            self.anchorer.close()
         close_limiter = getattr(self.limiter, "close", None)
         if close_limiter is not None:
             close_limiter()
@@ -106,6 +116,10 @@ def build_server(
     create_demo_key: bool = True,
     upstream_kind: str = "openai",
     upstream_tokenizer: Path | None = None,
+    journal_fsync_ms: float = 0.0,
+    journal_wait_ms: float = 1000.0,
+    anchor: Path | None = None,
+    anchor_seconds: float = 60.0,
 ) -> Server:
     """The gateway on a model (or an upstream URL), with state in `home` (or `database`).
 
@@ -113,7 +127,7 @@ def build_server(
     that to the process that starts them). In upstream mode the served model names are read
     from the upstream's /models once, at start. With `monitor`, the harvest monitor runs on a
     background thread; tiers recorded before a restart are restored. With `redis`, limits
-    and the monitor are shared with every replica on that Redis.
+    and the monitor are shared with every replica on that Redis. Records are journaled first.
     """
     if upstream_kind not in ("openai", "vllm"):
         raise ConfigError(f"unknown upstream kind {upstream_kind!r}: openai or vllm")
@@ -154,20 +168,42 @@ def build_server(
     demo_key = None
     if create_demo_key and not list_api_keys(connection):
         demo_key, _ = create_api_key(connection, "demo", rpm=demo_rpm, tpm=demo_tpm)
-    audit = AuditLog(lambda: connect(home, url=database), store_text=store_text)
+    master = init_master_secret(home)[0]
+    audit = AuditLog(
+        lambda: connect(home, url=database),
+        store_text=store_text,
+        chain_key=current_chain_key(master),
+        journal=Journal(journal_directory(home, database), fsync_ms=journal_fsync_ms),
+    )
+    anchorer = Anchorer(
+        lambda: connect(home, url=database),
+        master,
+        anchor or data_dir(home) / ANCHOR_FILE,
+        interval=anchor_seconds,
+    )
     settings = GatewaySettings(
         tenant_limits=tenant_limits,
         tiers=rules.tiers,
         max_body_bytes=max_body_bytes,
         store_text=store_text,
         admin_token=admin_token,
+        audit_wait=journal_wait_ms / 1000,
     )
     gateway = Gateway(
         backend, KeyStore(connection), audit, settings, limiter=limiter, monitor=watcher
     )
     if watcher is not None:
         watcher.start()
-    return Server(gateway, engine, audit, connection, demo_key, watcher, limiter)
+    return Server(gateway, engine, audit, connection, demo_key, watcher, limiter, anchorer)
+
+
+def journal_directory(home: Path, database: str | None) -> Path:
+    """Where this machine's gateway processes journal their usage records for `database`:
+    one folder per database, so that a journal is only ever replayed into its own. Each
+    record is journaled before its answer leaves, fsynced every `journal_fsync_ms` (0: never);
+    an answer waits at most `journal_wait_ms` for that (`build_server`)."""
+    store = hashlib.sha256(describe(database).encode()).hexdigest()[:16]
+    return data_dir(home) / "journal" / store
 
 
 def prepare_home(

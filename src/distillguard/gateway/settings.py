@@ -19,8 +19,10 @@ class GatewaySettings:
     `tenant_limits` apply to all of a tenant's keys together; `tiers` say what each tier
     allows; `store_text` keeps prompts and outputs in the usage log; `minute` is the rate
     window (tests shorten it); `admin_token` turns the admin API on; `durable_audit` makes
-    every answer wait for its usage row's commit (a killed replica then loses no answered
-    request: the traffic simulator, which has no process to lose, turns it off).
+    every answer wait until its usage record is safe (in the audit journal, or committed: a
+    killed replica then loses no answered request; the traffic simulator, which has no
+    process to lose, turns it off), and `audit_wait` bounds that wait in seconds: past it the
+    answer is a 503 `audit_unavailable` (the record stays queued and journaled).
     """
 
     tenant_limits: Limits | None = None
@@ -30,4 +32,5 @@ class GatewaySettings:
     minute: float = WINDOW
     admin_token: str | None = None
     durable_audit: bool = True
+    audit_wait: float = 1.0
     clock: Callable[[], float] = time.time

@@ -10,10 +10,22 @@ from distillguard.errors import ConfigError
 from distillguard.keys.secret import MasterSecret
 from distillguard.watermark.key import WatermarkKey
 
-__all__ = ["KEY_BYTES", "TenantKey", "derive_tenant_key", "hkdf_sha256", "key_id_for"]
+__all__ = [
+    "CHAIN_KEY_VERSION",
+    "KEY_BYTES",
+    "TenantKey",
+    "chain_keys",
+    "checkpoint_seed",
+    "derive_tenant_key",
+    "hkdf_sha256",
+    "key_id_for",
+]
 
 KEY_BYTES = 32
 _SALT = b"distillguard/tenant-watermark-key/v1"
+_CHAIN_SALT = b"distillguard/audit-chain-key/v1"
+_CHECKPOINT_SALT = b"distillguard/checkpoint-signing-key/v1"
+CHAIN_KEY_VERSION = 1  # the version new audit records are linked with
 
 
 def hkdf_sha256(input_key: bytes, salt: bytes, info: bytes, length: int) -> bytes:
@@ -60,3 +72,16 @@ def derive_tenant_key(master: MasterSecret, tenant: str, version: int = 1) -> Te
     info = b"tenant\0" + tenant.encode() + b"\0version\0" + str(version).encode()
     material = hkdf_sha256(master.material, _SALT, info, KEY_BYTES)
     return TenantKey(tenant=tenant, version=version, key_id=key_id_for(material), material=material)
+
+
+def chain_keys(master: MasterSecret, versions: int = CHAIN_KEY_VERSION) -> dict[int, bytes]:
+    """The audit chain's HMAC keys, versions 1..`versions`, derived from the master secret."""
+    return {
+        version: hkdf_sha256(master.material, _CHAIN_SALT, f"chain\0{version}".encode(), KEY_BYTES)
+        for version in range(1, versions + 1)
+    }
+
+
+def checkpoint_seed(master: MasterSecret) -> bytes:
+    """The 32-byte seed of the Ed25519 key that signs audit checkpoints."""
+    return hkdf_sha256(master.material, _CHECKPOINT_SALT, b"ed25519", KEY_BYTES)

@@ -1,31 +1,71 @@
-"""The audit chain: each usage row's audited record, linked by hash to the one before.
+"""The audit chain: each usage row's audited record, and each audit event, linked to the one
+before by a keyed hash.
 
     record      = canonical JSON of the usage row, with SHA-256 of the prompt and output text
-    record_hash = SHA-256(prev_hash || record)        (prev_hash of the first record: 64 zeros)
+                  (or, for an event such as a purge, the event's canonical JSON)
+    record_hash = HMAC-SHA256(chain key, "dg-chain-v2" || prev_hash || record)     (hmac-N)
+                  SHA-256(prev_hash || record)                                      (sha256)
+    prev_hash of the first record: 64 zeros
 
-Changing any row (its text, a token count) or the order of rows breaks the chain at that
-record; `verify_chain` names the first bad one.
+The chain key is derived from the master secret (`keys.derive.chain_key_material`), version N
+in the tag `hmac-N`; the tag is stored with each record, so chains written before the key
+(`sha256`, recomputable by anyone with the database) or under an older key version still
+verify. A keyed record cannot be recomputed without the master secret, and an unkeyed one
+after a keyed one is refused.
+
+`verify_chain` checks every record against its usage row and every link, that every usage row
+has its record, and that text is only ever missing where a purge event covers it (a purge is
+itself a record in the chain). What it cannot see alone, the newest records deleted, the
+signed checkpoints in the anchor catch (`store/checkpoint.py`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
+import secrets
 import zlib
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from distillguard.store.base import Connection
 from distillguard.store.usage import USAGE_COLUMNS
 
-__all__ = ["GENESIS", "ChainVerification", "audited", "link", "record_json", "verify_chain"]
+__all__ = [
+    "GENESIS",
+    "UNKEYED",
+    "ChainKey",
+    "ChainVerification",
+    "append_event",
+    "audited",
+    "link",
+    "record_json",
+    "verify_chain",
+]
 
 GENESIS = "0" * 64
+UNKEYED = "sha256"
+EVENT_PREFIX = "event:"
+_DOMAIN = b"dg-chain-v2"
+
+
+@dataclass(frozen=True)
+class ChainKey:
+    """A chain key (from the master secret) and its version; `material` never in repr."""
+
+    version: int
+    material: bytes = field(repr=False)
+
+    @property
+    def tag(self) -> str:
+        return f"hmac-{self.version}"
 
 
 def record_json(row: dict[str, Any]) -> str:
     """The audited form of a usage row: everything, with the texts as their hashes."""
-    return json.dumps(audited(row), sort_keys=True, separators=(",", ":"))
+    return _canonical(audited(row))
 
 
 def audited(row: dict[str, Any]) -> dict[str, Any]:
@@ -38,8 +78,32 @@ def audited(row: dict[str, Any]) -> dict[str, Any]:
     return audited
 
 
-def link(prev_hash: str, record: str) -> str:
-    return hashlib.sha256(prev_hash.encode() + record.encode()).hexdigest()
+def _canonical(value: dict[str, Any]) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def link(prev_hash: str, record: str, key: ChainKey | None = None) -> tuple[str, str]:
+    """(record_hash, tag) of `record` after `prev_hash`: keyed with `key`, else unkeyed."""
+    if key is None:
+        return hashlib.sha256(prev_hash.encode() + record.encode()).hexdigest(), UNKEYED
+    message = _DOMAIN + prev_hash.encode() + record.encode()
+    return hmac.new(key.material, message, hashlib.sha256).hexdigest(), key.tag
+
+
+def append_event(connection: Connection, event: dict[str, Any], key: ChainKey | None) -> str:
+    """Append an audit event (inside the caller's transaction, under the chain lock); its id."""
+    connection.lock_chain()
+    last = connection.execute("SELECT record_hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+    prev_hash = last[0] if last else GENESIS
+    record = _canonical(event)
+    record_hash, tag = link(prev_hash, record, key)
+    event_id = f"{EVENT_PREFIX}{event['event']}:{secrets.token_hex(8)}"
+    connection.execute(
+        "INSERT INTO audit (request_id, record, prev_hash, record_hash, chain) "
+        "VALUES (?, ?, ?, ?, ?)",
+        (event_id, record, prev_hash, record_hash, tag),
+    )
+    return event_id
 
 
 @dataclass(frozen=True)
@@ -49,47 +113,102 @@ class ChainVerification:
     first_bad_seq: int | None = None
     request_id: str | None = None
     reason: str | None = None
+    keyed: int = 0  # records linked with a chain key
+    unkeyed: int = 0  # records anyone with the database could recompute
+    purges: int = 0
+    head_seq: int = 0
+    head_hash: str = GENESIS
 
 
-def verify_chain(connection: Connection) -> ChainVerification:
-    """Recompute every record from its usage row and every hash from the previous one."""
-    prev_hash = GENESIS
-    count = 0
-    audit_rows = connection.execute(
-        "SELECT seq, request_id, record, prev_hash, record_hash FROM audit ORDER BY seq"
-    )
-    for seq, request_id, record, stored_prev, record_hash in audit_rows:
+def verify_chain(
+    connection: Connection, keys: Mapping[int, bytes] | None = None
+) -> ChainVerification:
+    """Check the whole chain; `keys` maps chain key versions to their material (needed for
+    keyed records: without them a keyed chain cannot be checked and verification fails)."""
+    rows = connection.execute(
+        "SELECT seq, request_id, record, prev_hash, record_hash, chain FROM audit ORDER BY seq"
+    ).fetchall()
+    purged_before = _purge_horizon(rows)
+    prev_hash, count, keyed, unkeyed, purges, last_seq = GENESIS, 0, 0, 0, 0, 0
+    for seq, request_id, record, stored_prev, record_hash, tag in rows:
         count += 1
-        usage = connection.execute(
-            f"SELECT {', '.join(USAGE_COLUMNS)} FROM usage WHERE request_id = ?",  # noqa: S608
-            (request_id,),
-        ).fetchone()
-        if usage is None:
-            return ChainVerification(False, count, seq, request_id, "its usage row is missing")
-        row = dict(zip(USAGE_COLUMNS, usage, strict=True))
-        # Text removed by the retention policy (NULL) cannot be checked, but the record keeps its
-        # hash: text can be purged, never altered.
-        purged = row["prompt_text"] is None
-        row["prompt_text"] = "" if purged else zlib.decompress(row["prompt_text"]).decode()
-        row["output_text"] = "" if purged else zlib.decompress(row["output_text"]).decode()
-        expected = audited(row)
-        if purged:
-            stored = json.loads(record)
-            expected["prompt_sha256"] = stored.get("prompt_sha256")
-            expected["output_sha256"] = stored.get("output_sha256")
-        if json.dumps(expected, sort_keys=True, separators=(",", ":")) != record:
-            return ChainVerification(False, count, seq, request_id, "its usage row was changed")
-        if stored_prev != prev_hash:
-            return ChainVerification(
-                False,
-                count,
-                seq,
-                request_id,
-                "the chain is broken before it (rows removed or reordered)",
-            )
-        if link(prev_hash, record) != record_hash:
-            return ChainVerification(
-                False, count, seq, request_id, "its hash does not match its record"
-            )
-        prev_hash = record_hash
-    return ChainVerification(True, count)
+        if request_id.startswith(EVENT_PREFIX):
+            purges += 1
+            reason = None
+        else:
+            reason = _check_usage(connection, request_id, record, purged_before)
+        if reason is None and stored_prev != prev_hash:
+            reason = "the chain is broken before it (records removed or reordered)"
+        if reason is None and tag == UNKEYED and keyed:
+            reason = "an unkeyed record after keyed ones (the chain was recomputed)"
+        if reason is None:
+            expected, reason = _expected_hash(prev_hash, record, tag, keys)
+            if reason is None and expected != record_hash:
+                reason = "its hash does not match its record"
+        if reason is not None:
+            return ChainVerification(False, count, seq, request_id, reason)
+        keyed, unkeyed = keyed + (tag != UNKEYED), unkeyed + (tag == UNKEYED)
+        prev_hash, last_seq = record_hash, seq
+    orphan = connection.execute(
+        "SELECT request_id FROM usage WHERE request_id NOT IN (SELECT request_id FROM audit) "
+        "LIMIT 1"
+    ).fetchone()
+    if orphan is not None:
+        reason = "a usage row has no audit record (written outside the log)"
+        return ChainVerification(False, count, None, orphan[0], reason, keyed, unkeyed, purges)
+    return ChainVerification(
+        True, count, None, None, None, keyed, unkeyed, purges, last_seq, prev_hash
+    )
+
+
+def _expected_hash(
+    prev_hash: str, record: str, tag: str, keys: Mapping[int, bytes] | None
+) -> tuple[str, str | None]:
+    """(the record's expected hash, None), or ("", why it cannot be checked)."""
+    if tag == UNKEYED:
+        return link(prev_hash, record)[0], None
+    if not tag.startswith("hmac-") or not tag[5:].isdigit():
+        return "", f"unknown chain tag {tag!r}"
+    version = int(tag[5:])
+    if keys is None or version not in keys:
+        return "", f"chain key version {version} is needed to check it (the master secret)"
+    return link(prev_hash, record, ChainKey(version, keys[version]))[0], None
+
+
+def _purge_horizon(rows: Iterable[Any]) -> str:
+    """The latest `before` of the purge events in the chain ("" when there are none)."""
+    horizon = ""
+    for _, request_id, record, *_ in rows:
+        if request_id.startswith(EVENT_PREFIX + "purge"):
+            horizon = max(horizon, str(json.loads(record).get("before", "")))
+    return horizon
+
+
+def _check_usage(
+    connection: Connection, request_id: str, record: str, purged_before: str
+) -> str | None:
+    """Why the usage row does not match its record, or None."""
+    usage = connection.execute(
+        f"SELECT {', '.join(USAGE_COLUMNS)} FROM usage WHERE request_id = ?",  # noqa: S608
+        (request_id,),
+    ).fetchone()
+    if usage is None:
+        return "its usage row is missing"
+    row = dict(zip(USAGE_COLUMNS, usage, strict=True))
+    blank_prompt, blank_output = row["prompt_text"] is None, row["output_text"] is None
+    if blank_prompt != blank_output:
+        return "one of its texts was blanked (a purge removes both)"
+    # Text removed by a purge (NULL) cannot be checked, but the record keeps its hashes: text
+    # can be purged, never altered, and only where a purge event in the chain covers it.
+    if blank_prompt and not row["created_at"] < purged_before:
+        return "its text was blanked outside any purge"
+    row["prompt_text"] = "" if blank_prompt else zlib.decompress(row["prompt_text"]).decode()
+    row["output_text"] = "" if blank_output else zlib.decompress(row["output_text"]).decode()
+    expected = audited(row)
+    if blank_prompt:
+        stored = json.loads(record)
+        expected["prompt_sha256"] = stored.get("prompt_sha256")
+        expected["output_sha256"] = stored.get("output_sha256")
+    if _canonical(expected) != record:
+        return "its usage row was changed"
+    return None

@@ -100,4 +100,10 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX audit_request ON audit (request_id);
         """,
     ),
+    (
+        "006_audit_chain_keys",
+        """
+        ALTER TABLE audit ADD COLUMN chain TEXT NOT NULL DEFAULT 'sha256';
+        """,
+    ),
 ]

@@ -1,4 +1,4 @@
-"""Usage rows: what one answered request cost, and reading and retention of them.
+"""Usage rows: what one answered request cost, and reading them back.
 
 Each row holds tenant, key, model, token counts, status, latency, the watermark key id and
 scheme fingerprint, the parameters, and the prompt and output text (zlib-compressed). The
@@ -14,7 +14,7 @@ from typing import Any
 
 from distillguard.store.base import Connection
 
-__all__ = ["USAGE_COLUMNS", "UsageRecord", "purge_text", "read_usage"]
+__all__ = ["USAGE_COLUMNS", "UsageRecord", "read_usage"]
 
 USAGE_COLUMNS = (
     "request_id",
@@ -54,21 +54,6 @@ class UsageRecord:
     parameters: dict[str, Any] = field(default_factory=dict)
     prompt_text: str = ""
     output_text: str = ""
-
-
-def purge_text(connection: Connection, before: str) -> int:
-    """Drop the prompt and output text of usage rows created before `before` (ISO 8601).
-
-    The rows, their token counts and their audit records stay; `verify_chain` still checks
-    everything but the removed text, whose hashes remain in the chain.
-    """
-    with connection:
-        cursor = connection.execute(
-            "UPDATE usage SET prompt_text = NULL, output_text = NULL "
-            "WHERE created_at < ? AND prompt_text IS NOT NULL",
-            (before,),
-        )
-    return int(cursor.rowcount)
 
 
 def read_usage(
