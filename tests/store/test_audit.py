@@ -8,12 +8,11 @@ from __future__ import annotations
 import asyncio
 import threading
 import zlib
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
-from distillguard.store import Connection, connect
+from distillguard.store import Connection
 from distillguard.store.audit import AuditLog
 from distillguard.store.chain import verify_chain
 from distillguard.store.usage import UsageRecord, read_usage
@@ -38,20 +37,6 @@ def record(index: int) -> UsageRecord:
         prompt_text=f"prompt {index}",
         output_text=f'["output {index}"]',
     )
-
-
-@pytest.fixture
-def opener(tmp_path: Path, store_url: str | None) -> Iterator[Callable[[], Connection]]:
-    """Opens connections to the test's store; closes them all at the end of the test."""
-    opened: list[Connection] = []
-
-    def open_store() -> Connection:
-        opened.append(connect(tmp_path, shared=True, url=store_url))
-        return opened[-1]
-
-    yield open_store
-    for connection in opened:
-        connection.close()
 
 
 @pytest.fixture

@@ -8,13 +8,13 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from distillguard.store import Connection, connect
+from distillguard.store import Connection
 from distillguard.store.audit import AuditLog
 from distillguard.store.chain import verify_chain
 from distillguard.store.journal import Journal, record_from_line, record_line
@@ -40,19 +40,6 @@ def record(index: int) -> UsageRecord:
         prompt_text=f"prompt {index} ünïcode \u2603",
         output_text=f'["output {index}", "second"]',
     )
-
-
-@pytest.fixture
-def opener(tmp_path: Path, store_url: str | None) -> Iterator[Callable[[], Connection]]:
-    opened: list[Connection] = []
-
-    def open_store() -> Connection:
-        opened.append(connect(tmp_path, shared=True, url=store_url))
-        return opened[-1]
-
-    yield open_store
-    for connection in opened:
-        connection.close()
 
 
 def dead_process_journal(directory: Path, records: list[UsageRecord]) -> None:
