@@ -10,6 +10,7 @@ secret) nor a fresh one from an old tag (the expiry is inside the MAC).
 
 from __future__ import annotations
 
+import functools
 import hmac
 import time
 from collections.abc import Mapping
@@ -75,7 +76,13 @@ class TenantReference:
 
 
 def _tag_key(master: MasterSecret) -> bytes:
-    return hkdf_sha256(master.material, _SALT, b"tag-key", 32)
+    return _derive_tag_key(master.material)
+
+
+@functools.lru_cache(maxsize=4)
+def _derive_tag_key(material: bytes) -> bytes:
+    """Derived once per master secret: signing and checking run once per request."""
+    return hkdf_sha256(material, _SALT, b"tag-key", 32)
 
 
 def _message(tenant: str, key_version: int, request_id: str, expires: int) -> bytes:
