@@ -50,7 +50,7 @@ def prompts(count: int) -> list[str]:
     if path.is_file():
         texts = [
             json.loads(line)
-            for line in path.read_text(encoding="utf-8").splitlines()
+            for line in path.read_text(encoding="utf-8").split("\n")  # not at U+2028
             if line.strip()
         ]
     else:  # a fresh machine without the shared data: the model's own held-out prose

@@ -35,8 +35,9 @@ modules' docstrings; do not edit. `tests/test_architecture.py` checks the rules 
 | `experiments` | harnesses that drive the whole system: simulator, evaluation, distillation, demo |
 | `cli` | the `distillguard` command: one module per command group, each a thin call |
 
-Shared at the bottom: `errors` (the one exception tree, its docstring the hierarchy) and
-`config` (where state lives).
+Shared at the bottom: `errors` (the one exception tree, its docstring the hierarchy),
+`config` (where state lives) and `redact` (secrets out of recorded command lines, error
+messages and log lines).
 
 ## The direction of imports
 
@@ -51,7 +52,7 @@ not.
 | 3 | `gateway` |
 | 2 | `engine`, `monitor`, `forensics`, `integrations` |
 | 1 | `watermark`, `keys`, `store` |
-| 0 | `errors`, `config` |
+| 0 | `errors`, `config`, `redact` |
 
 Only `gateway`, `experiments` and `cli` import the gateway. No module is over 600 lines
 (`gateway/app.py`: 400), no function over 100, and every exception derives from

@@ -26,6 +26,7 @@ LAYERS: dict[str, int] = {
     "distillguard": 0,  # the package's own __init__ (the version)
     "distillguard.errors": 0,
     "distillguard.config": 0,
+    "distillguard.redact": 0,
     "distillguard.watermark": 1,
     "distillguard.keys": 1,
     "distillguard.store": 1,

@@ -18,6 +18,7 @@ PUBLIC = {
         "EngineError",
         "FingerprintMismatchError",
         "InputError",
+        "JournalLineForged",
         "KeyNotFoundError",
         "LimiterUnavailable",
         "MissingDependencyError",
@@ -107,10 +108,19 @@ PUBLIC = {
         "Refusal",
         "Scope",
         "Snapshot",
+        "admitted",
         "format_duration",
         "limiter_from_url",
     ],
     "distillguard.experiments": [],
+    "distillguard.redact": [
+        "PROJECT_LOGGERS",
+        "REDACTED",
+        "RedactingFilter",
+        "is_secret_option",
+        "redact",
+        "redact_command",
+    ],
     "distillguard.cli": ["main"],
 }
 

@@ -15,6 +15,7 @@ OpenAI-format error bodies. The hierarchy::
     │   └── ContextLengthError        prompt + max_tokens exceed the model's context
     ├── EngineError                   generation failed or the engine is closed
     ├── AuditChainError               the audit log's hash chain does not verify
+    │   └── JournalLineForged         an audit journal line whose MAC does not verify
     ├── AuthenticationError           an API key that is missing, unknown or revoked
     ├── ApiError                      an answer for an HTTP client, in OpenAI's error format
     ├── UpstreamError                 the upstream server could not be reached or broke off
@@ -37,6 +38,7 @@ __all__ = [
     "EngineError",
     "FingerprintMismatchError",
     "InputError",
+    "JournalLineForged",
     "KeyNotFoundError",
     "LimiterUnavailable",
     "MissingDependencyError",
@@ -121,6 +123,10 @@ class ServiceUnavailableError(DistillGuardError):
 
 class LimiterUnavailable(ServiceUnavailableError):
     """The shared rate limiter (Redis) cannot decide an admission in time."""
+
+
+class JournalLineForged(AuditChainError):
+    """An audit journal line whose MAC does not verify: forged or edited on disk."""
 
 
 class AuditUnavailable(ServiceUnavailableError):

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from .conftest import assert_one_line_error, run
 
@@ -62,3 +67,48 @@ def test_audit_suspect_and_report_refuse_bad_input_in_one_line(tmp_path: Path) -
     missing = tmp_path / "missing.json"
     assert_one_line_error(run(tmp_path, "report", str(missing)), "cannot read")
     assert_one_line_error(run(tmp_path, "demo", "--queries", "5"), "at least 100")
+
+
+def test_audit_suspect_json_records_the_command_without_its_secrets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import distillguard.forensics.audit as audit_module
+
+    received: dict[str, Any] = {}
+
+    class Outcome:
+        def to_json(self) -> dict[str, Any]:
+            return {"mode": "black-box", "results": []}
+
+    def audit(home: Path, scheme: Any, our_model: Path, **options: Any) -> Outcome:
+        received.update(options)
+        return Outcome()
+
+    monkeypatch.setattr(audit_module, "audit_suspect", audit)
+    monkeypatch.setenv("DISTILLGUARD_SUSPECT_API_KEY", "sk-suspect-0123456789")
+    args = [
+        "--database",
+        "postgresql://auditor:hunter2@db.internal/evidence",
+        "audit",
+        "suspect",
+        "--url",
+        "http://suspect:8000/v1",
+        "--suspect-model",
+        "theirs",
+        "--reference",
+        "http://reference:8000/v1",
+        "--reference-api-key",
+        "reference-key-0123",
+        "--json",
+    ]
+    monkeypatch.setattr(sys, "argv", ["distillguard", *args])  # what the command records
+    code, out, _ = run(tmp_path, *args[2:])
+    assert code == 0, out
+    command = json.loads(out)["command"]
+    for secret in ("hunter2", "reference-key-0123", "sk-suspect-0123456789"):
+        assert secret not in out
+    assert "postgresql://auditor:***@db.internal/evidence" in command
+    assert "--url http://suspect:8000/v1" in command
+    # each key goes to its own host
+    assert received["api_key"] == "sk-suspect-0123456789"
+    assert received["reference_api_key"] == "reference-key-0123"

@@ -91,6 +91,22 @@ def test_detect_reads_jsonl(watermarked_file: tuple[Path, Path, Path], tmp_path:
     )
 
 
+def test_a_line_separator_inside_a_jsonl_string_keeps_the_document_whole(
+    watermarked_file: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    # str.splitlines() split at the raw U+2028: two broken halves, neither of them JSON
+    home, tokenizer_dir, text_file = watermarked_file
+    text = text_file.read_text()
+    lines = tmp_path / "docs.jsonl"
+    record = {"text": text + "\u2028" + text}
+    lines.write_text(json.dumps(record, ensure_ascii=False) + "\n", encoding="utf-8")
+    code, out, _ = run(
+        home, "detect", str(lines), "--tokenizer", str(tokenizer_dir), "--tenant", "acme", "--json"
+    )
+    assert code == 0
+    assert len(json.loads(out)["documents"]) == 1
+
+
 def test_detect_bad_input_gives_one_line_errors(
     watermarked_file: tuple[Path, Path, Path], tmp_path: Path
 ) -> None:

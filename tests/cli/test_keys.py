@@ -44,3 +44,10 @@ def test_api_keys_create_list_revoke(tmp_path: Path) -> None:
     assert run(tmp_path, "keys", "revoke", key_id)[0] == 0
     assert json.loads(run(tmp_path, "keys", "list", "--json")[1])[0]["revoked_at"]
     assert_one_line_error(run(tmp_path, "keys", "revoke", key_id), "no active API key")
+
+
+def test_creating_a_key_with_an_unknown_tier_is_a_one_line_error(tmp_path: Path) -> None:
+    create = ["keys", "create", "--tenant", "acme", "--rpm", "10", "--tpm", "1000"]
+    assert_one_line_error(run(tmp_path, *create, "--tier", "gold"), "unknown tier 'gold'")
+    assert json.loads(run(tmp_path, "keys", "list", "--json")[1]) == []
+    assert run(tmp_path, *create, "--tier", "throttle")[0] == 0

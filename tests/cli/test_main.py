@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from distillguard.cli import main
@@ -58,3 +59,18 @@ def test_keys_and_audit_commands_work_on_postgresql(
     assert run(tmp_path, "keys", "init")[0] == 0  # the chain key comes from the master secret
     code, out, _ = run(tmp_path, "--database", fresh_postgres_url, "audit", "verify")
     assert code == 0 and "intact: 0 records" in out
+
+
+def test_a_library_error_is_one_line_with_its_secrets_redacted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the admin client's error quoted its URL, password and all
+    monkeypatch.setenv("DISTILLGUARD_ADMIN_TOKEN", "t" * 32)
+    code, _, stderr = run(tmp_path, "accounts", "--url", "http://admin:hunter2@127.0.0.1:9/")
+    assert code == 1 and len(stderr.strip().splitlines()) == 1
+    assert "cannot reach the gateway at http://admin:***@127.0.0.1:9/" in stderr
+    assert "hunter2" not in stderr and "Traceback" not in stderr
+    # a multi-line message (psycopg's) is still one line
+    unreachable = "postgresql://auditor:hunter2@127.0.0.1:9/evidence?connect_timeout=1"
+    code, _, stderr = run(tmp_path, "--database", unreachable, "keys", "list")
+    assert code == 1 and len(stderr.strip().splitlines()) == 1 and "hunter2" not in stderr

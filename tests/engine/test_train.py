@@ -45,3 +45,25 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
     again = load_file(tmp_path / "resumed" / "model.safetensors")
     for name, tensor in straight.items():
         assert torch.equal(tensor, again[name]), name
+
+
+class _Planted:
+    """Unpickling this touches `marker`: the stand-in for code a hostile pickle runs."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[Path]]:
+        return (Path.touch, (self.marker,))
+
+
+def test_resuming_never_runs_code_planted_in_a_checkpoint(tmp_path: Path) -> None:
+    from distillguard.errors import ConfigError
+
+    marker = tmp_path / "code-ran"
+    checkpoint = tmp_path / "model" / "checkpoint" / "state.pt"
+    checkpoint.parent.mkdir(parents=True)
+    torch.save({"config": {}, "model": _Planted(marker)}, checkpoint)
+    with pytest.raises(ConfigError, match="remove it or pass --no-resume"):
+        train_model(tmp_path / "model", TrainConfig.tiny(), progress=False)
+    assert not marker.exists()

@@ -47,3 +47,15 @@ def test_bad_prompt_files_raise_a_clear_error(
         (tmp_path / name).write_text(content)
     with pytest.raises(ConfigError, match=message):
         load_prompts(tmp_path / name)
+
+
+def test_a_line_separator_inside_a_json_string_does_not_split_the_line(tmp_path: Path) -> None:
+    # str.splitlines() also splits at U+2028, U+2029 and U+0085, which JSON carries raw
+    prompt = "first part\u2028second part\u0085third part\u2029last part"
+    path = tmp_path / "prompts.jsonl"
+    lines = [json.dumps({"prompt": prompt}, ensure_ascii=False), json.dumps("next")]
+    path.write_text("\n".join(lines) + "\r\n", encoding="utf-8")
+    assert load_prompts(path) == [prompt, "next"]
+    text = tmp_path / "prompts.txt"
+    text.write_text("one\u2028still the first\nsecond\r\n", encoding="utf-8")
+    assert load_prompts(text) == ["one\u2028still the first", "second"]

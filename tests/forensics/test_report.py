@@ -162,7 +162,7 @@ def test_a_black_box_audit_with_a_base_leads_with_the_focused_test(
         return [f"{prompt} and then the module returns a value" for prompt in prompts]
 
     monkeypatch.setattr(audit_module, "query_suspect", answer)
-    monkeypatch.setattr(audit_module, "_first_model", lambda url: "reference")
+    monkeypatch.setattr(audit_module, "_first_model", lambda url, api_key: "reference")
     tokenizer, vocab = load_tokenizer(tiny_model_dir)
     from distillguard.watermark.scheme import SchemeConfig, tokenizer_fingerprint
 
@@ -186,3 +186,75 @@ def test_a_black_box_audit_with_a_base_leads_with_the_focused_test(
     assert focused.scored == 0 and plain.scored > 0
     assert all(detection.p_value == 1.0 for detection in focused.detections)
     assert outcome.to_json()["parameters"]["base"] == str(tiny_model_dir)
+
+
+SCRIPT = "<script>alert(1)</script>"
+
+
+def test_every_field_the_page_shows_is_escaped(audited: tuple[Path, dict[str, Any]]) -> None:
+    # result['scored'] went into the page as it was; a hand-edited audit file can put
+    # markup in any field, numbers included
+    home, audit = audited
+    report = build_report(json.loads(json.dumps(audit)), home)  # a copy: it is changed below
+    report["suspect"] = report["mode"] = report["reproduce"] = SCRIPT
+    shift = report["results"][0]  # not the plotted line (the shift is not an exact test)
+    shift["scored"] = shift["statistic"] = SCRIPT
+    shift["best"] |= {"tenant": SCRIPT, "log10_p": SCRIPT, "adjusted_log10_p": SCRIPT}
+    report["controls"][0]["scored"] = SCRIPT
+    attribution = report["attribution"]
+    attribution |= {"tenant": SCRIPT, "tenants_tested": SCRIPT, "log10_p": SCRIPT}
+    attribution["ranking"][0] |= {"score": SCRIPT, "expected": SCRIPT, "log10_p": SCRIPT}
+    report["methods"]["parameters"] = {SCRIPT: SCRIPT}
+    report["commitment"][0] |= {"tenant": SCRIPT, "commitment": SCRIPT}
+    report["audit_chain"]["checkpoint_public_key"] = SCRIPT
+    report["account_timeline"]["tier_changes"] = [
+        {
+            "changed_at": SCRIPT,
+            "key_id": SCRIPT,
+            "previous": SCRIPT,
+            "tier": SCRIPT,
+            "requests": SCRIPT,
+            "reasons": [SCRIPT],
+        }
+    ]
+    page = render_html(report)
+    assert "<script" not in page and "&lt;script&gt;" in page
+    report["audit_chain"] |= {"ok": False, "first_bad_seq": SCRIPT, "reason": SCRIPT}
+    page = render_html(report)
+    assert "failed verification" in page and "<script" not in page
+
+
+def test_the_report_redacts_the_secrets_an_older_audit_recorded(
+    audited: tuple[Path, dict[str, Any]],
+) -> None:
+    home, audit = audited
+    recorded = audit | {
+        "command": "distillguard --database postgresql://auditor:hunter2@db/evidence audit "
+        "suspect --url http://suspect/v1 --suspect-api-key sk-live-0123456789 --json",
+        "suspect": "theirs at http://user:pw-4567@suspect/v1",
+    }
+    report = build_report(recorded, home)
+    page = render_html(report)
+    for secret in ("hunter2", "0123456789", "pw-4567"):
+        assert secret not in json.dumps(report) and secret not in page
+    assert "postgresql://auditor:***@db/evidence" in report["reproduce"]
+    assert "--suspect-api-key '***'" in report["reproduce"]
+
+
+def test_out_never_overwrites_its_twin_or_the_audit(
+    audited: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    home, audit = audited
+    source = tmp_path / "audit.json"
+    source.write_text(json.dumps(audit))
+    for out, fragment in (
+        (tmp_path / "report.json", "report.html"),  # its twin was itself: JSON over the HTML
+        (tmp_path / "audit.html", "over the audit"),  # its twin was the audit
+    ):
+        result = CliRunner().invoke(
+            main, ["--home", str(home), "report", str(source), "--out", str(out)]
+        )
+        assert result.exit_code == 1, result.output
+        assert len(result.stderr.strip().splitlines()) == 1 and fragment in result.stderr
+        assert not out.exists()
+    assert json.loads(source.read_text()) == audit

@@ -98,6 +98,26 @@ def test_bad_requests_get_the_right_4xx(
     assert_openai_error(response, status, fragment)
 
 
+def test_deeply_nested_json_is_a_400_not_a_500(harness: Harness) -> None:
+    # 30,000 brackets (within the body limit): the parser raised RecursionError, answered 500
+    deep = b"[" * 30_000 + b"]" * 30_000
+    body = b'{"model": "MODEL", "prompt": "hi", "metadata": ' + deep + b"}"
+    model = harness.model.encode()
+    response = post(harness, "/v1/chat/completions", body.replace(b"MODEL", model))
+    assert_openai_error(response, 400, "deeper than 64 levels")
+    # within the parser's reach but past the bound: refused before anything walks it
+    nested = b'{"model": "MODEL", "prompt": ' + b"[" * 65 + b"1" + b"]" * 65 + b"}"
+    response = post(harness, "/v1/completions", nested.replace(b"MODEL", model))
+    assert_openai_error(response, 400, "deeper than 64 levels")
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting(harness: Harness) -> None:
+    prompt = b"[{" * 40 + b"]" * 30  # 110 brackets, none of them JSON
+    body = b'{"model": "MODEL", "prompt": "' + prompt + b'", "max_tokens": 1}'
+    response = post(harness, "/v1/completions", body.replace(b"MODEL", harness.model.encode()))
+    assert response.status_code == 200, response.text
+
+
 def test_a_body_over_the_limit_is_413(harness: Harness) -> None:
     huge = b'{"model": "x", "prompt": "' + b"a" * (harness.gateway.max_body_bytes + 10) + b'"}'
     assert_openai_error(post(harness, "/v1/completions", huge), 413, "exceeds")
@@ -174,3 +194,26 @@ def test_metrics_and_health_expose_counts_and_no_secrets(harness: Harness) -> No
     assert "distillguard_request_seconds_count 1" in metrics.text
     assert harness.keys["acme"] not in metrics.text
     assert asyncio.run(get("/healthz")).json()["status"] == "ok"
+
+
+def test_error_bodies_carry_no_secrets() -> None:
+    from distillguard.errors import ApiError
+    from distillguard.gateway.protocol import error_body
+
+    error = ApiError(502, "cannot reach http://proxy:hunter2@upstream:8000/v1 with sk-live-0123456")
+    message = error_body(error)["error"]["message"]
+    assert "hunter2" not in message and "0123456" not in message
+    assert "http://proxy:***@upstream:8000/v1" in message
+
+
+def test_the_depth_check_is_linear_even_on_unterminated_strings() -> None:
+    import time
+
+    from distillguard.gateway.reading import _nesting_depth
+
+    # every quote opens a string that never ends: a scan that retried from each quote
+    # would take about 10^11 steps on this megabyte
+    hostile = '"' + '\\"' * 500_000 + "[" * 100
+    started = time.perf_counter()
+    assert _nesting_depth(hostile) == 0  # all of it is inside the first string
+    assert time.perf_counter() - started < 2.0

@@ -63,7 +63,7 @@ def test_a_record_not_safe_in_time_is_a_503_and_is_committed_later(
     key, _ = create_api_key(connection, "acme", rpm=100, tpm=100_000)
     journal_dir = tmp_path / "journal"
     # max_backlog=0: the database is "behind", so the answer waits for the commit
-    audit = AuditLog(flaky, journal=Journal(journal_dir), max_backlog=0)
+    audit = AuditLog(flaky, journal=Journal(journal_dir, key=b"k" * 32), max_backlog=0)
     gateway = Gateway(
         UpstreamBackend(Upstream(mock_url), (MOCK_MODEL,)),
         KeyStore(connection),

@@ -1,5 +1,6 @@
 """Tiers govern logit_bias, logprobs, n and best_of, echo, prompt_logprobs, ignore_eos and
-min_tokens; each refusal names its parameter; a policy file changes all of it."""
+min_tokens; each refusal names its parameter; a policy file changes all of it; tier names are
+checked, and an unknown one never gets any tier's privileges."""
 
 from __future__ import annotations
 
@@ -10,8 +11,15 @@ from typing import Any
 import pytest
 
 from distillguard.errors import ApiError, ConfigError
-from distillguard.gateway.policy import DEFAULT_TIERS, Tier, enforce_tier, load_policy
+from distillguard.gateway.policy import (
+    DEFAULT_TIERS,
+    Tier,
+    check_tier_name,
+    enforce_tier,
+    load_policy,
+)
 from distillguard.gateway.protocol import ParsedRequest, parse_body
+from distillguard.gateway.settings import GatewaySettings
 
 
 def chat(**fields: Any) -> ParsedRequest:
@@ -67,6 +75,11 @@ def test_watch_and_throttle_tiers_refuse_logit_bias(tier: str) -> None:
         ("throttle", completion(best_of=2), "best_of"),
         ("watch", chat(logprobs=True, top_logprobs=6), "top_logprobs"),
         ("throttle", completion(logprobs=1), "logprobs"),
+        # logprobs themselves, even with no alternatives: the sampled token's logprob is the
+        # teacher's confidence, a soft label
+        ("throttle", chat(logprobs=True), "logprobs"),
+        ("throttle", chat(logprobs=True, top_logprobs=0), "logprobs"),
+        ("throttle", completion(logprobs=0), "logprobs"),
         ("watch", completion(prompt_logprobs=6), "prompt_logprobs"),
         ("throttle", chat(prompt_logprobs=0), "prompt_logprobs"),
         ("throttle", completion(echo=True), "echo"),
@@ -114,6 +127,8 @@ def test_default_tiers_are_as_documented() -> None:
     assert watch.max_top_logprobs == 5 and watch.allow_echo and watch.allow_ignore_eos
     assert not throttle.allow_logit_bias and (throttle.max_n, throttle.max_best_of) == (1, 1)
     assert throttle.max_top_logprobs == 0 and throttle.max_tokens == 256
+    assert normal.allow_logprobs and watch.allow_logprobs
+    assert not (throttle.allow_logprobs or block.allow_logprobs)
     assert not (throttle.allow_echo or throttle.allow_prompt_logprobs or throttle.allow_ignore_eos)
     assert throttle.max_min_tokens == 0
     assert block.block and not block.allow_logit_bias
@@ -147,6 +162,7 @@ def test_a_policy_file_sets_the_new_tier_keys(tmp_path: Path) -> None:
         ("[tiers.watch]\nallow_echo = 0\n", "true or false"),
         ("[tiers.watch]\nallow_prompt_logprobs = 'no'\n", "true or false"),
         ("[tiers.throttle]\nallow_ignore_eos = 1\n", "true or false"),
+        ("[tiers.throttle]\nallow_logprobs = 'no'\n", "true or false"),
         ("[tiers.throttle]\nmax_best_of = -1\n", "non-negative integer"),
         ("[tiers.throttle]\nmax_min_tokens = true\n", "non-negative integer"),
         ("[tiers.throttle]\nmax_min_tokens = 2.5\n", "non-negative integer"),
@@ -158,3 +174,24 @@ def test_each_new_tier_key_is_validated(tmp_path: Path, text: str, message: str)
     path.write_text(text)
     with pytest.raises(ConfigError, match=message):
         load_policy(path)
+
+
+def test_a_policy_file_can_give_the_throttle_tier_its_logprobs_back(tmp_path: Path) -> None:
+    path = tmp_path / "policy.toml"
+    path.write_text("[tiers.throttle]\nallow_logprobs = true\n")
+    enforce_tier(load_policy(path).tiers["throttle"], chat(logprobs=True))
+
+
+@pytest.mark.parametrize("name", ["gold", "Normal", "", "normal "])
+def test_an_unknown_tier_name_is_refused_never_given_privileges(name: str) -> None:
+    with pytest.raises(ConfigError, match="unknown tier"):
+        check_tier_name(name)
+
+
+def test_the_gateway_refuses_tiers_that_leave_one_out() -> None:
+    # a key's tier with no entry fell back to Tier(), the normal tier's privileges
+    partial = {name: tier for name, tier in DEFAULT_TIERS.items() if name != "throttle"}
+    with pytest.raises(ConfigError, match="throttle"):
+        GatewaySettings(tiers=partial)
+    with pytest.raises(ConfigError, match="gold"):
+        GatewaySettings(tiers=dict(DEFAULT_TIERS) | {"gold": Tier()})

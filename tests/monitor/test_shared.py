@@ -10,12 +10,15 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from distillguard.monitor.inbox import EventQueue
 from distillguard.monitor.monitor import Monitor, TierChange
 
 from ..conftest import redis_url
 from .test_monitor import eager_model, harvest
 
 pytest.importorskip("redis")
+
+import redis
 
 from distillguard.monitor.shared import SharedMonitor
 
@@ -97,3 +100,17 @@ def test_a_new_leader_takes_over_what_the_old_one_left(
     assert new.leading
     assert new.monitor.accounts()[0].requests == 25  # the new events, once each
     assert new.tier_of("k1") in ("throttle", "block")
+
+
+def test_a_replica_that_cannot_publish_drops_the_oldest_events_and_counts_them() -> None:
+    """Redis unreachable and the publisher behind: the outbox stays bounded."""
+    replica = SharedMonitor(
+        Monitor(eager_model()), "redis://127.0.0.1:1/0", outbox=EventQueue(limit=10)
+    )
+    for item in harvest(25):
+        replica.observe(item)
+    assert replica.dropped == 15  # the oldest, while nothing published them
+    with pytest.raises(redis.RedisError):  # publishing fails first: the ten left are dropped
+        replica.step()
+    assert replica.dropped == 25
+    replica.close()

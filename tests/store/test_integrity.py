@@ -201,3 +201,107 @@ def test_back_filled_key_commitments_fail(tmp_path: Path, master: MasterSecret) 
             ("globex",),
         )
     assert "key commitments" in (verify(tmp_path, master).failure() or "")
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        "UPDATE key_commitments SET created_at = '2020-01-01T00:00:00Z'",  # back-dated
+        "UPDATE key_commitments SET scheme_json = '{}'",
+        "UPDATE key_commitments SET key_id = 'another'",
+    ],
+)
+def test_editing_a_key_commitment_after_a_checkpoint_fails(
+    tmp_path: Path, master: MasterSecret, edit: str
+) -> None:
+    from distillguard.keys import derive_tenant_key, record_commitment
+    from distillguard.watermark import SchemeConfig
+
+    with connect(tmp_path) as connection:
+        record_commitment(connection, derive_tenant_key(master, "acme"), SchemeConfig())
+    write(tmp_path, master, 1)
+    anchor(tmp_path, master)
+    assert verify(tmp_path, master).ok
+    tamper(tmp_path, edit)
+    assert "key commitments it anchored were changed" in (verify(tmp_path, master).failure() or "")
+
+
+def test_a_checkpoint_from_before_full_row_commitment_digests_still_verifies(
+    tmp_path: Path, master: MasterSecret
+) -> None:
+    """Checkpoints written before the digest covered every column hold a bare hex digest of
+    the commitment column: they still verify, and still catch a removed commitment."""
+    import dataclasses
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from distillguard.keys import derive_tenant_key, record_commitment
+    from distillguard.keys.derive import checkpoint_seed
+    from distillguard.store.checkpoint import append_anchor, make_checkpoint
+    from distillguard.watermark import SchemeConfig
+
+    key, seed = derive_tenant_key(master, "acme"), checkpoint_seed(master)
+    with connect(tmp_path) as connection:
+        commitment = record_commitment(connection, key, SchemeConfig())
+    write(tmp_path, master, 2)
+    with connect(tmp_path) as connection:
+        current = make_checkpoint(connection, seed)
+    old_digest = hashlib.sha256(commitment.commitment.encode()).hexdigest()
+    unsigned = dataclasses.replace(current, commitments_digest=old_digest, signature="")
+    signature = Ed25519PrivateKey.from_private_bytes(seed).sign(unsigned.payload()).hex()
+    append_anchor(tmp_path / "anchor.jsonl", dataclasses.replace(unsigned, signature=signature))
+    result = verify(tmp_path, master)
+    assert result.ok, result.failure()
+    tamper(tmp_path, "DELETE FROM key_commitments")
+    assert "key commitments" in (verify(tmp_path, master).failure() or "")
+
+
+def write_unkeyed(home: Path, indexes: range) -> None:
+    """Records as a chain written before chain keys (tag sha256) has them."""
+    log = AuditLog(lambda: connect(home), chain_key=None)
+    for index in indexes:
+        log.append(record(index))
+    log.close()
+
+
+def test_text_purged_before_purge_events_existed_verifies_as_legacy(
+    tmp_path: Path, master: MasterSecret
+) -> None:
+    write_unkeyed(tmp_path, range(4))
+    log = AuditLog(lambda: connect(tmp_path), chain_key=current_chain_key(master))
+    log.append(record(10))
+    log.close()
+    # the old purge: text gone, no event in the chain
+    tamper(
+        tmp_path,
+        "UPDATE usage SET prompt_text = NULL, output_text = NULL "
+        "WHERE request_id IN ('req_0', 'req_1', 'req_2')",
+    )
+    result = verify(tmp_path, master)
+    assert result.ok, result.failure()
+    assert (result.chain.unkeyed, result.chain.keyed, result.chain.legacy_purged) == (4, 1, 3)
+    assert "3 legacy records with text purged before purge events were recorded" in (
+        result.summary()
+    )
+
+
+@pytest.mark.parametrize("where", ["a keyed record", "an unkeyed record after a purge event"])
+def test_text_blanked_outside_the_legacy_part_still_needs_a_purge_event(
+    tmp_path: Path, master: MasterSecret, where: str
+) -> None:
+    write_unkeyed(tmp_path, range(2))
+    late = record(7, created_at="2026-12-05T00:00:00Z")
+    if where == "a keyed record":
+        log = AuditLog(lambda: connect(tmp_path), chain_key=current_chain_key(master))
+    else:
+        with connect(tmp_path) as connection:
+            purge_text(connection, "2026-12-01T00:00:00Z", None)  # an unkeyed purge event
+        log = AuditLog(lambda: connect(tmp_path), chain_key=None)
+    log.append(late)
+    log.close()
+    tamper(
+        tmp_path,
+        "UPDATE usage SET prompt_text = NULL, output_text = NULL WHERE request_id = 'req_7'",
+    )
+    failure = verify(tmp_path, master).failure() or ""
+    assert "req_7" in failure and "blanked outside any purge" in failure

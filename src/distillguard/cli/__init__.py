@@ -1,7 +1,8 @@
 """The `distillguard` command. Each command is a thin call into the library.
 
 Errors a user can cause (a missing secret, an unknown tenant, a file that is not text, a
-mismatched scheme) print one line to stderr and exit with status 1; nothing else is shown.
+mismatched scheme) print one line to stderr, its secrets redacted (a URL's password, an API
+key), and exit with status 1; nothing else is shown.
 
 One module per command group; `options` holds what they share. The modules import the
 library and `options`, never this package: it imports them, to register their commands.
@@ -20,18 +21,20 @@ from distillguard.cli import accounts, audit, demo, detect, generate, keys, mode
 from distillguard.cli.options import State
 from distillguard.config import data_dir
 from distillguard.errors import DistillGuardError
+from distillguard.redact import redact
 
 __all__ = ["main"]
 
 
 class _Group(click.Group):
-    """Turns library errors into one line on stderr and exit status 1."""
+    """Turns library errors into one line on stderr (secrets redacted) and exit status 1."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except DistillGuardError as exc:
-            click.echo(f"error: {exc}", err=True)
+            line = " ".join(str(exc).split()) or type(exc).__name__
+            click.echo(f"error: {redact(line)}", err=True)
             sys.exit(1)
 
 

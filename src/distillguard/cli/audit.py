@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shlex
 import sys
 from contextlib import closing
 from datetime import UTC, datetime, timedelta
@@ -16,6 +14,7 @@ import click
 from distillguard.cli.options import State, scheme_config, scheme_options
 from distillguard.errors import AuditChainError
 from distillguard.store.checkpoint import ANCHOR_FILE
+from distillguard.store.timestamp import TSA_CERT_ENV, TSA_ENV
 
 F = TypeVar("F", bound=Any)
 
@@ -39,24 +38,41 @@ def anchor_option(function: F) -> F:
     )(function)
 
 
+def tsa_cert_option(function: F) -> F:
+    return click.option(
+        "--tsa-cert",
+        type=click.Path(path_type=Path, dir_okay=False),
+        envvar=TSA_CERT_ENV,
+        default=None,
+        help="PEM (or DER) file with the time-stamping authority's root CA certificate (and any "
+        "intermediates): timestamp tokens must be signed by a TSA it vouches for "
+        f"[env {TSA_CERT_ENV}].",
+    )(function)
+
+
 @audit.command("verify")
 @anchor_option
+@tsa_cert_option
 @click.pass_obj
-def audit_verify(state: State, anchor: Path | None) -> None:
+def audit_verify(state: State, anchor: Path | None, tsa_cert: Path | None) -> None:
     """Check the audit log: every record, every usage row, the purges and the checkpoints.
 
     Recomputes the keyed chain from the usage rows, checks that every usage row has its record
     and that text is missing only where a purge event covers it, then checks each anchored
-    checkpoint's signature and that the database still holds its head. Names the first
-    failure and exits non-zero. Replicas sharing one database append to one chain, so this
-    checks every replica's records in the order they were committed.
+    checkpoint's signature, that the database still holds its head and its key commitments,
+    and each RFC 3161 timestamp token's imprint (and, with --tsa-cert, its signature), printing
+    the TSA's time. Names the first failure and exits non-zero. Replicas sharing one database
+    append to one chain, so this checks every replica's records in the order they were
+    committed.
     """
     from distillguard.keys import load_master_secret
     from distillguard.store.integrity import verify_log
+    from distillguard.store.timestamp import load_tsa_trust
 
     master = load_master_secret(state.home)
+    trust = load_tsa_trust(tsa_cert) if tsa_cert is not None else None
     with closing(state.connect()) as connection:
-        result = verify_log(connection, master, _anchor_path(state, anchor))
+        result = verify_log(connection, master, _anchor_path(state, anchor), trust)
     failure = result.failure()
     if failure is not None:
         raise AuditChainError(failure)
@@ -66,23 +82,46 @@ def audit_verify(state: State, anchor: Path | None) -> None:
 
 @audit.command("anchor")
 @anchor_option
+@click.option(
+    "--tsa",
+    "tsa_url",
+    envvar=TSA_ENV,
+    default=None,
+    metavar="URL",
+    help="An RFC 3161 time-stamping authority to timestamp the checkpoint [env "
+    f"{TSA_ENV}]. If it fails, the checkpoint is anchored without a timestamp.",
+)
+@tsa_cert_option
 @click.pass_obj
-def audit_anchor(state: State, anchor: Path | None) -> None:
+def audit_anchor(
+    state: State, anchor: Path | None, tsa_url: str | None, tsa_cert: Path | None
+) -> None:
     """Sign a checkpoint of the audit chain's head now and append it to the anchor.
 
     Ship the anchor file somewhere the database's owner cannot rewrite. `serve` also writes
-    checkpoints on a schedule and when it stops.
+    checkpoints on a schedule and when it stops. With --tsa, a time-stamping authority
+    timestamps the checkpoint's signed bytes and its token is stored with it: proof, from
+    outside, of when this head existed.
     """
     from distillguard.keys import load_master_secret
     from distillguard.store.integrity import anchor_checkpoint
+    from distillguard.store.timestamp import TimestampAuthority, load_tsa_trust
 
+    trust = load_tsa_trust(tsa_cert) if tsa_cert is not None else None
+    tsa = TimestampAuthority(tsa_url, trust) if tsa_url else None
     master = load_master_secret(state.home)
     path = _anchor_path(state, anchor)
     with closing(state.connect()) as connection:
-        checkpoint = anchor_checkpoint(connection, master, path)
+        anchored = anchor_checkpoint(connection, master, path, tsa)
+    checkpoint = anchored.checkpoint
     click.echo(
         f"checkpoint at record {checkpoint.seq} ({checkpoint.records} records) appended to {path}"
     )
+    if anchored.timestamp is not None:
+        by = f" by {anchored.timestamp.authority}" if anchored.timestamp.authority else ""
+        click.echo(f"timestamped{by} at {anchored.timestamp.gen_time}")
+    if anchored.timestamp_failure is not None:
+        click.echo(f"not timestamped: {anchored.timestamp_failure}", err=True)
     click.echo(f"checkpoint public key (Ed25519): {checkpoint.public_key}")
 
 
@@ -138,6 +177,20 @@ def audit_purge_text(state: State, older_than_days: float) -> None:
     "tokenizer). Adds the focused test: only the tuples our model (the --tokenizer directory, "
     "default the embedded model) explains better than this base are scored.",
 )
+@click.option(
+    "--suspect-api-key",
+    envvar="DISTILLGUARD_SUSPECT_API_KEY",
+    default=None,
+    help="Black-box: the bearer key the suspect's API wants; sent to --url only "
+    "[env DISTILLGUARD_SUSPECT_API_KEY, which keeps it out of the process list].",
+)
+@click.option(
+    "--reference-api-key",
+    envvar="DISTILLGUARD_REFERENCE_API_KEY",
+    default=None,
+    help="Black-box: the bearer key of the --reference URL; sent there only, and the "
+    "suspect's key never is [env DISTILLGUARD_REFERENCE_API_KEY].",
+)
 @click.option("--tenant", default=None, help="Use this tenant's logged traffic (default: all).")
 @click.option(
     "--prompts",
@@ -161,6 +214,8 @@ def audit_suspect(
     weights: Path | None,
     reference: str | None,
     base_weights: Path | None,
+    suspect_api_key: str | None,
+    reference_api_key: str | None,
     tenant: str | None,
     prompts_file: Path | None,
     queries: int,
@@ -184,11 +239,16 @@ def audit_suspect(
     Open weights (--weights DIR): teacher-force the logged outputs through it and test
     whether its top-1 predictions, and its probability mass, favour green tokens; with
     --reference DIR, also whether it moved probability towards green tokens relative to that
-    model (the strongest test when the reference is the suspect's base). The suspect's API
-    key, if it needs one, is read from DISTILLGUARD_SUSPECT_API_KEY.
+    model (the strongest test when the reference is the suspect's base). Suspect and
+    reference weights load from safetensors only: a directory holding only pickled weights
+    (pytorch_model.bin) is refused, never unpickled.
+
+    Each URL gets its own key (--suspect-api-key, --reference-api-key); the --json output
+    records the command line with its secrets (keys, URL passwords) redacted.
     """
     from distillguard.engine.model import EMBEDDED_MODEL_DIR
     from distillguard.forensics.audit import audit_suspect as run_suspect_audit
+    from distillguard.redact import redact_command
 
     result = run_suspect_audit(
         state.home,
@@ -205,10 +265,11 @@ def audit_suspect(
         queries=queries,
         max_tokens=max_tokens,
         contexts=contexts,
-        api_key=os.environ.get("DISTILLGUARD_SUSPECT_API_KEY"),
+        api_key=suspect_api_key or None,
+        reference_api_key=reference_api_key or None,
     )
     if as_json:
-        command = shlex.join(["distillguard", *sys.argv[1:]])
+        command = redact_command(["distillguard", *sys.argv[1:]])
         click.echo(json.dumps(result.to_json() | {"command": command}, indent=2))
         return
     click.echo(result.to_text())

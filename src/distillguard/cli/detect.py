@@ -87,7 +87,8 @@ def _read_documents(files: tuple[Path, ...]) -> tuple[list[str], list[str]]:
         except UnicodeDecodeError:
             raise InputError(f"{path} is not UTF-8 text") from None
         if path.suffix == ".jsonl":
-            for number, line in enumerate(content.splitlines(), start=1):
+            # "\n" only: splitlines() also splits at U+2028 inside a JSON string
+            for number, line in enumerate(content.split("\n"), start=1):
                 if not line.strip():
                     continue
                 try:

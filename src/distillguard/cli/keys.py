@@ -92,7 +92,10 @@ def keys_tenant(
 @click.option("--daily-tokens", type=int, default=None, help="Tokens per 24 hours.")
 @click.option("--concurrency", type=int, default=8, show_default=True, help="Requests in flight.")
 @click.option(
-    "--tier", default="normal", show_default=True, help="Policy tier (normal, watch, throttle)."
+    "--tier",
+    default="normal",
+    show_default=True,
+    help="Policy tier: normal, watch, throttle or block; any other name is refused.",
 )
 @click.pass_obj
 def keys_create(
@@ -106,7 +109,9 @@ def keys_create(
 ) -> None:
     """Create an API key for a tenant and print it once (only its salted hash is stored)."""
     from distillguard.gateway.apikeys import create_api_key
+    from distillguard.gateway.policy import check_tier_name
 
+    check_tier_name(tier)  # before the database is touched
     with closing(state.connect()) as connection:
         secret, record = create_api_key(
             connection,

@@ -21,7 +21,8 @@ __all__ = ["report"]
     type=click.Path(path_type=Path),
     default=Path("evidence-report.html"),
     show_default=True,
-    help="The HTML file to write; its JSON twin goes beside it (.json).",
+    help="The HTML file to write; its JSON twin goes beside it (.json). A .json name is "
+    "refused, and so is one whose twin would overwrite AUDIT_JSON.",
 )
 @click.pass_obj
 def report(state: State, audit_json: Path, output: Path) -> None:
@@ -32,8 +33,14 @@ def report(state: State, audit_json: Path, output: Path) -> None:
     account's usage and tier history from the data directory. Print a PDF with:
     chromium --headless --no-sandbox --disable-gpu --print-to-pdf=report.pdf report.html
     """
-    from distillguard.forensics.report import write_report
+    from distillguard.forensics.report import report_paths, write_report
 
+    html_path, json_path = report_paths(output)
+    if audit_json.resolve() in (html_path.resolve(), json_path.resolve()):
+        raise InputError(
+            f"--out {html_path} would write the report (or its JSON twin {json_path.name}) over "
+            f"the audit {audit_json}: choose another name"
+        )
     try:
         audit_data = json.loads(audit_json.read_text(encoding="utf-8"))
     except OSError as exc:

@@ -10,6 +10,7 @@ import click
 
 from distillguard.cli.options import State, model_option
 from distillguard.errors import ConfigError, require
+from distillguard.store.timestamp import TSA_CERT_ENV, TSA_ENV
 
 __all__ = ["serve"]
 
@@ -62,6 +63,22 @@ __all__ = ["serve"]
     default=60.0,
     show_default=True,
     help="Anchor a checkpoint this often when the chain has grown (and always at shutdown).",
+)
+@click.option(
+    "--anchor-tsa",
+    envvar=TSA_ENV,
+    default=None,
+    metavar="URL",
+    help="An RFC 3161 time-stamping authority that timestamps every checkpoint [env "
+    f"{TSA_ENV}]. A checkpoint the TSA fails to stamp is anchored without it, and logged.",
+)
+@click.option(
+    "--anchor-tsa-cert",
+    type=click.Path(path_type=Path, dir_okay=False),
+    envvar=TSA_CERT_ENV,
+    default=None,
+    help="PEM file with the TSA's root CA certificate: each token is checked against it "
+    f"before it is kept [env {TSA_CERT_ENV}].",
 )
 @click.option(
     "--policy",
@@ -128,6 +145,8 @@ def serve(
     no_monitor: bool,
     anchor: Path | None,
     anchor_seconds: float,
+    anchor_tsa: str | None,
+    anchor_tsa_cert: Path | None,
     policy: Path | None,
     risk_model: Path | None,
     redis: str | None,
@@ -160,6 +179,7 @@ def serve(
         raise ConfigError(
             "--workers above 1 needs --redis: limits and the monitor must be shared by the workers"
         )
+    _hand_tsa_to_anchorer(anchor_tsa, anchor_tsa_cert)
     options: dict[str, Any] = {
         "home": state.home,
         "model": model_dir,
@@ -200,6 +220,19 @@ def serve(
         uvicorn.run(server.gateway.app, host=host, port=port, log_level="warning", access_log=False)
     finally:
         server.close()
+
+
+def _hand_tsa_to_anchorer(url: str | None, cert: Path | None) -> None:
+    """Check the TSA settings now (one line if they are wrong), then pass them on through the
+    environment: every process's checkpoint writer (workers too) reads them from there."""
+    from distillguard.store.timestamp import TimestampAuthority, load_tsa_trust
+
+    if url is None:
+        return
+    TimestampAuthority(url, load_tsa_trust(cert) if cert is not None else None)
+    os.environ[TSA_ENV] = url
+    if cert is not None:
+        os.environ[TSA_CERT_ENV] = str(cert.resolve())
 
 
 def _tenant_limits(rpm: int | None, tpm: int | None) -> Any:

@@ -10,9 +10,10 @@ blocks the event loop: results cross threads through `loop.call_soon_threadsafe`
 Per step, for each row: logits -> the tenant's green-list watermark (raw logits, as in
 Kirchenbauer et al.) -> temperature -> top-p -> (Gumbel watermark, which needs the final
 distribution) -> sample. Logprobs and top_logprobs are read from that final distribution, the
-one actually sampled, so they do not reveal the unwatermarked one. With temperature 0 the row is
-greedy and its logprobs are those of the watermarked, top-p-filtered distribution at
-temperature 1.
+one actually sampled, so they do not reveal the unwatermarked one; a token it cannot pick
+(-inf) is reported at OpenAI's floor, -9999.0, so that every response is valid JSON. With
+temperature 0 the row is greedy and its logprobs are those of the watermarked,
+top-p-filtered distribution at temperature 1.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from distillguard.engine.params import (
     SamplingParams,
     TokenEvent,
     TokenLogprob,
+    finite_logprob,
 )
 from distillguard.errors import (
     ConfigError,
@@ -434,16 +436,21 @@ class Engine:
         row.job.sink(TokenEvent(row.choice, None if is_end else token, delta, entry, finish))
 
     def _logprob_entry(self, token: int, row_logprobs: Any, top: int) -> TokenLogprob:
+        """The sampled token's logprob and the `top` most likely; tokens top_p masked out
+        (and end-of-sequence under ignore_eos) have -inf, reported at LOGPROB_FLOOR."""
         tokenizer = self.loaded.tokenizer
         alternatives: tuple[tuple[int, str, float], ...] = ()
         if top:
             values, indices = self._torch.topk(row_logprobs, top)
             alternatives = tuple(
-                (int(index), tokenizer.decode([int(index)]), float(value))
+                (int(index), tokenizer.decode([int(index)]), finite_logprob(float(value)))
                 for value, index in zip(values.tolist(), indices.tolist(), strict=True)
             )
         return TokenLogprob(
-            token, tokenizer.decode([token]), float(row_logprobs[token]), alternatives
+            token,
+            tokenizer.decode([token]),
+            finite_logprob(float(row_logprobs[token])),
+            alternatives,
         )
 
 

@@ -11,6 +11,7 @@ from distillguard.errors import InputError
 from distillguard.watermark.key import WatermarkKey
 
 __all__ = [
+    "LOGPROB_FLOOR",
     "Choice",
     "Completion",
     "FinishReason",
@@ -18,11 +19,22 @@ __all__ = [
     "SamplingParams",
     "TokenEvent",
     "TokenLogprob",
+    "finite_logprob",
 ]
 
 FinishReason = Literal["stop", "length"]
 MAX_TOP_LOGPROBS = 20
 MAX_N = 16
+# The logprob of a token the sampler cannot pick (masked by top_p, or end-of-sequence under
+# ignore_eos) is -inf, which JSON cannot carry; OpenAI reports such tokens at this floor.
+LOGPROB_FLOOR = -9999.0
+
+
+def finite_logprob(value: float) -> float:
+    """`value`, or LOGPROB_FLOOR for -inf, NaN and anything below the floor."""
+    if math.isnan(value) or value < LOGPROB_FLOOR:
+        return LOGPROB_FLOOR
+    return value
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import platform
 import random
 import shutil
@@ -284,7 +285,16 @@ def _new_run(config: TrainConfig, end_of_text: int) -> _Run:
 
 
 def _resume(run: _Run, checkpoint_file: Path, config: TrainConfig) -> None:
-    state = torch.load(checkpoint_file, weights_only=False)
+    # weights_only: tensors, numbers, strings and containers, never arbitrary objects; a
+    # checkpoint is a pickle, and reading an untrusted pickle runs whatever code it names
+    try:
+        state = torch.load(checkpoint_file, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
+        first_line = str(exc).strip().split("\n")[0] or type(exc).__name__
+        raise ConfigError(
+            f"{checkpoint_file} is not a checkpoint this version writes ({first_line}); "
+            "remove it or pass --no-resume"
+        ) from None
     if state["config"] != asdict(config):
         raise ConfigError(
             f"{checkpoint_file} was written with another configuration; "

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from distillguard.errors import ConfigError, InputError
+from distillguard.redact import redact
 from distillguard.store.base import Connection
 from distillguard.store.usage import read_usage
 from distillguard.watermark.scheme import SchemeConfig, tokenizer_fingerprint
@@ -109,7 +110,9 @@ def query_suspect(
                     except httpx.HTTPError as exc:
                         failures += 1
                         if failures > len(prompts) // 2:
-                            raise ConfigError(f"cannot query the suspect at {url}: {exc}") from None
+                            raise ConfigError(
+                                redact(f"cannot query the suspect at {url}: {exc}")
+                            ) from None
                         return ""
                 if response.status_code != 200:
                     failures += 1
@@ -121,23 +124,42 @@ def query_suspect(
 
     outputs = asyncio.run(run())
     if not any(outputs):
-        raise ConfigError(f"the suspect at {url} returned no completions for model {model!r}")
+        raise ConfigError(
+            redact(f"the suspect at {url} returned no completions for model {model!r}")
+        )
     return outputs
 
 
 def load_suspect_weights(path: Path) -> Any:
-    """A local Hugging Face causal LM directory, on the CPU, in eval mode."""
-    from distillguard.errors import require
+    """A local Hugging Face causal LM directory, on the CPU, in eval mode.
+
+    The files are the adversary's: weights load from safetensors only (a pickle runs code
+    when it is read) and nothing is fetched from a hub. A directory with only pickled weights
+    (pytorch_model.bin) is refused before anything in it is opened."""
+    from distillguard.errors import ModelLoadError, require
 
     require("transformers", "model")
     from transformers import AutoModelForCausalLM
 
-    if not Path(path).is_dir():
-        raise ConfigError(f"{path} is not a model directory")
+    directory = Path(path)
+    if not directory.is_dir():
+        raise ModelLoadError(f"{directory} is not a model directory")
+    if not any(directory.glob("*.safetensors")):
+        pickled = sorted(p.name for p in directory.iterdir() if p.suffix in (".bin", ".pt", ".pth"))
+        found = f" (it holds {', '.join(pickled)}: pickled weights)" if pickled else ""
+        raise ModelLoadError(
+            f"{directory} has no safetensors weights{found}; suspect models load from "
+            "safetensors only, never from a pickle: convert them in a sandbox first"
+        )
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(path))
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot load a causal language model from {path}: {exc}") from None
+        model = AutoModelForCausalLM.from_pretrained(
+            str(directory), use_safetensors=True, local_files_only=True
+        )
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(
+            f"cannot load a causal language model from {directory}: {first_line}"
+        ) from None
     model.eval()  # type: ignore[no-untyped-call]
     return model
 
@@ -254,6 +276,7 @@ def audit_suspect(
     max_tokens: int = 64,
     contexts: int = 20_000,
     api_key: str | None = None,
+    reference_api_key: str | None = None,
     database: str | None = None,
 ) -> AuditOutcome:
     """What `distillguard audit suspect` runs: check the options, bind `scheme` to the
@@ -289,6 +312,7 @@ def audit_suspect(
         max_tokens=max_tokens,
         contexts=contexts,
         api_key=api_key,
+        reference_api_key=reference_api_key,
     )
 
 
@@ -309,6 +333,7 @@ def run_audit(
     max_tokens: int = 64,
     contexts: int = 20_000,
     api_key: str | None = None,
+    reference_api_key: str | None = None,
     database: str | None = None,
 ) -> AuditOutcome:
     """Audit a suspect (black-box by URL, or open weights by directory) and its control.
@@ -342,6 +367,7 @@ def run_audit(
             our_model=our_model,
             max_tokens=max_tokens,
             api_key=api_key,
+            reference_api_key=reference_api_key,
         )
     if weights is None:
         raise InputError("give a suspect URL or a weights directory")
@@ -387,8 +413,13 @@ def _black_box_audit(
     our_model: Path | None,
     max_tokens: int,
     api_key: str | None,
+    reference_api_key: str | None,
 ) -> AuditOutcome:
-    """Query the suspect (and the reference, as the control) with `prompts`; score the answers."""
+    """Query the suspect (and the reference, as the control) with `prompts`; score the answers.
+
+    Each host gets its own key: `api_key` goes to the suspect only, `reference_api_key` to the
+    reference only (the suspect's operator must not learn the reference's key, nor the other
+    way round)."""
     from distillguard.forensics.radioactivity import black_box_focused_test, black_box_test
 
     parameters = parameters | {"queries": len(prompts), "max_tokens": max_tokens}
@@ -400,8 +431,8 @@ def _black_box_audit(
         focus = (load_suspect_weights(our_model), load_suspect_weights(base))
         parameters |= {"base": str(base), "our_model": str(our_model)}
 
-    def audit_url(address: str, model: str) -> list[Any]:
-        outputs = query_suspect(address, model, prompts, max_tokens=max_tokens, api_key=api_key)
+    def audit_url(address: str, model: str, key: str | None) -> list[Any]:
+        outputs = query_suspect(address, model, prompts, max_tokens=max_tokens, api_key=key)
         output_ids = _encode(tokenizer, outputs)
         plain = black_box_test(config, keys, prompt_ids, output_ids)
         if focus is None:
@@ -410,10 +441,20 @@ def _black_box_audit(
         focused = black_box_focused_test(config, keys, prompt_ids, output_ids, ours, base_model)
         return [focused, plain]
 
-    results = audit_url(url, suspect_model)
-    controls = audit_url(reference, _first_model(reference)) if reference else []
+    results = audit_url(url, suspect_model, api_key)
+    controls = (
+        audit_url(reference, _first_model(reference, reference_api_key), reference_api_key)
+        if reference
+        else []
+    )
+    # the outcome is recorded (--json, the report): URLs without their passwords
     return AuditOutcome(
-        "black-box", f"{suspect_model} at {url}", reference, results, controls, parameters
+        "black-box",
+        f"{suspect_model} at {redact(url)}",
+        redact(reference) if reference else None,
+        results,
+        controls,
+        parameters,
     )
 
 
@@ -457,11 +498,14 @@ def _open_weights_audit(
     return AuditOutcome("open-weights", str(weights), reference, results, controls, parameters)
 
 
-def _first_model(url: str) -> str:
+def _first_model(url: str, api_key: str | None = None) -> str:
     import httpx
 
+    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
     try:
-        response = httpx.get(url.rstrip("/") + "/models", timeout=30)
+        response = httpx.get(url.rstrip("/") + "/models", headers=headers, timeout=30)
         return str(response.json()["data"][0]["id"])
     except (httpx.HTTPError, KeyError, IndexError, ValueError, TypeError) as exc:
-        raise ConfigError(f"cannot list the reference's models at {url}/models: {exc}") from None
+        raise ConfigError(
+            redact(f"cannot list the reference's models at {url}/models: {exc}")
+        ) from None

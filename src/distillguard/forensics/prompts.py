@@ -4,6 +4,10 @@
 string a line, or objects with a `prompt`, `question`, `instruction` or `text` field; for
 self-instruct seed tasks the first instance's input is appended), or CSV with a `prompt`
 column (rows whose `type` column is not TEXT are skipped, as awesome-chatgpt-prompts wants).
+
+Lines end at "\n" only (a "\r" before it is dropped with the rest of the line's whitespace).
+`str.splitlines` would also split at U+2028, U+0085 and the like, which JSON carries raw
+inside strings: a prompt holding one would become two broken lines.
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ def load_prompts(path: Path) -> list[str]:
     suffix = Path(path).suffix.lower()
     prompts: list[str] = []
     if suffix in (".jsonl", ".ndjson"):
-        for number, line in enumerate(raw.splitlines(), start=1):
+        for number, line in enumerate(raw.split("\n"), start=1):
             if not line.strip():
                 continue
             try:
@@ -69,7 +73,7 @@ def load_prompts(path: Path) -> list[str]:
         # a prompt over 20,000 characters is a document, not a chat prompt: keep its start
         prompts = [p[:20_000] for p in prompts]
     else:
-        prompts = raw.splitlines()
+        prompts = raw.split("\n")
     seen: set[str] = set()
     unique = []
     for prompt in (p.strip() for p in prompts):

@@ -4,6 +4,10 @@ Built from an audit (`distillguard audit suspect --json`) and the data directory
 commitment of the attributed tenant, the audit chain's verification, and the tenant's usage
 and tier history. A tampered audit log is stated on the first page, above everything else.
 The JSON validates against `report.schema.json`, shipped with the package.
+
+The audit file is input like any other: every field the page shows is HTML-escaped, numbers
+included (a hand-edited file can put markup anywhere), and the recorded command and the
+suspect's URL are shown with their secrets redacted.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import shlex
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,8 +25,16 @@ from typing import Any
 
 from distillguard import __version__
 from distillguard.errors import InputError
+from distillguard.redact import redact, redact_command
 
-__all__ = ["SCHEMA_FILE", "build_report", "load_schema", "render_html", "write_report"]
+__all__ = [
+    "SCHEMA_FILE",
+    "build_report",
+    "load_schema",
+    "render_html",
+    "report_paths",
+    "write_report",
+]
 
 SCHEMA_FILE = "report.schema.json"
 
@@ -47,7 +60,7 @@ def build_report(
         "report_version": 1,
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
         "generator": f"distillguard {__version__}",
-        "suspect": audit.get("suspect", ""),
+        "suspect": redact(str(audit.get("suspect", ""))),
         "mode": audit.get("mode", ""),
         "summary": _summary(audit, best, significant, records.audit_chain["ok"]),
         "null_hypothesis": (
@@ -75,8 +88,18 @@ def build_report(
         "commitment": records.commitment,
         "audit_chain": records.audit_chain,
         "account_timeline": {"daily": records.daily, "tier_changes": records.tier_changes},
-        "reproduce": audit.get("command", ""),
+        "reproduce": _recorded_command(audit.get("command", "")),
     }
+
+
+def _recorded_command(command: Any) -> str:
+    """The audit's command line with its secrets redacted (audits written before redaction
+    was added may hold them)."""
+    text = str(command or "")
+    try:
+        return redact_command(shlex.split(text)) if text else ""
+    except ValueError:  # unbalanced quotes: redact it as plain text
+        return redact(text)
 
 
 _METHODS = (
@@ -110,13 +133,16 @@ def _verify_log(connection: Any, home: Path) -> dict[str, Any]:
     from distillguard.keys import load_master_secret
     from distillguard.store.checkpoint import ANCHOR_FILE
     from distillguard.store.integrity import verify_log
+    from distillguard.store.timestamp import tsa_trust_from_env
 
     try:
         master = load_master_secret(home)
     except SecretError as exc:
         return {"ok": False, "records": 0, "first_bad_seq": None, "reason": str(exc)}
-    result = verify_log(connection, master, data_dir(home) / ANCHOR_FILE)
+    # timestamp tokens' signatures are checked when $DISTILLGUARD_ANCHOR_TSA_CERT names the TSA's CA
+    result = verify_log(connection, master, data_dir(home) / ANCHOR_FILE, tsa_trust_from_env())
     last = result.checkpoints.last
+    stamp, stamped = result.checkpoints.last_timestamp, result.checkpoints.last_timestamped
     return {
         "ok": result.ok,
         "records": result.chain.records,
@@ -136,6 +162,15 @@ def _verify_log(connection: Any, home: Path) -> dict[str, Any]:
         },
         "unanchored_records": result.checkpoints.unanchored,
         "checkpoint_public_key": result.public_key,
+        "timestamp": None  # the TSA's RFC 3161 timestamp of the newest stamped checkpoint
+        if stamp is None or stamped is None
+        else {
+            "seq": stamped.seq,
+            "gen_time": stamp.gen_time,
+            "authority": stamp.authority,
+            "signature_checked": stamp.signature_checked,
+            "timestamped_checkpoints": result.checkpoints.timestamped,
+        },
     }
 
 
@@ -203,7 +238,7 @@ def _attribution(primary: dict[str, Any], significant: bool) -> dict[str, Any]:
 
 
 def _summary(audit: dict[str, Any], best: dict[str, Any], significant: bool, chain_ok: bool) -> str:
-    suspect = audit.get("suspect", "the suspect model")
+    suspect = redact(str(audit.get("suspect") or "the suspect model"))
     tenant = best.get("tenant") or best["key_id"]
     adjusted = float(best["adjusted_log10_p"])
     tested = len(audit["results"][0]["keys"])
@@ -248,9 +283,28 @@ def _daily_usage(usage: list[Any]) -> list[dict[str, Any]]:
 # -- HTML --------------------------------------------------------------------------------------
 
 
+def _text(value: Any) -> str:
+    """Any field as HTML text, escaped whatever its type."""
+    return html.escape(str(value))
+
+
+def _number(value: Any, spec: str) -> str:
+    """A number formatted with `spec`; a field that is not a number, escaped as text."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return format(value, spec)
+    return _text(value)
+
+
+def _p_html(log10_p: Any) -> str:
+    """A p-value given as log10(p), as HTML text."""
+    if isinstance(log10_p, int | float) and not isinstance(log10_p, bool):
+        return _p_text(float(log10_p))
+    return _text(log10_p)
+
+
 def render_html(report: dict[str, Any]) -> str:
-    """The report as one self-contained HTML page (plots inline as SVG)."""
-    e = html.escape
+    """The report as one self-contained HTML page (plots inline as SVG); every field escaped."""
+    e = _text
     chain = report["audit_chain"]
     attribution = report["attribution"]
     # the plots need a binomial test (its curve and its null spread): the first exact line
@@ -271,8 +325,8 @@ def render_html(report: dict[str, Any]) -> str:
 <p>{e(report["null_hypothesis"])} A p-value is the probability, under that hypothesis, of a
 result at least as strong as the one observed.</p>
 <h2>Attribution</h2>
-<p>Best tenant: <strong>{e(str(attribution["tenant"]))}</strong>, p {_p_text(attribution["log10_p"])},
-{_p_text(attribution["adjusted_log10_p"])} after Holm-Bonferroni over {attribution["tenants_tested"]} tenants.</p>
+<p>Best tenant: <strong>{e(attribution["tenant"])}</strong>, p {_p_html(attribution["log10_p"])},
+{_p_html(attribution["adjusted_log10_p"])} after Holm-Bonferroni over {e(attribution["tenants_tested"])} tenants.</p>
 <table><tr><th>tenant</th><th>key id</th><th>score</th><th>expected</th><th>p-value</th></tr>{_ranking_rows(attribution["ranking"])}</table>
 <h2>Results and controls</h2>
 <table><tr><th>run</th><th>statistic</th><th>scored</th><th>best</th><th>p-value</th><th>corrected</th></tr>{result_rows}</table>
@@ -286,8 +340,8 @@ result at least as strong as the one observed.</p>
 timestamp) when it was first used; the commitment can be checked without revealing the key.</p>
 <table><tr><th>tenant</th><th>key id</th><th>committed at</th><th>commitment</th><th>scheme</th></tr>{_commitment_rows(report["commitment"])}</table>
 <h2>Audit log</h2>
-<p>{"The keyed hash chain over every usage record verifies" if chain["ok"] else "The audit log FAILED verification"}: {html.escape(str(chain.get("verified") or chain["reason"] or ""))}.</p>
-<p>Checkpoints are signed with the Ed25519 public key <code>{html.escape(str(chain.get("checkpoint_public_key", "unknown")))}</code>; anyone can check the anchored checkpoints with it, without the master secret.</p>
+<p>{"The keyed hash chain over every usage record verifies" if chain["ok"] else "The audit log FAILED verification"}: {e(chain.get("verified") or chain["reason"] or "")}.</p>
+<p>Checkpoints are signed with the Ed25519 public key <code>{e(chain.get("checkpoint_public_key", "unknown"))}</code>; anyone can check the anchored checkpoints with it, without the master secret.</p>
 <h2>The account: usage and risk</h2>
 <table><tr><th>when</th><th>key</th><th>tier</th><th>requests</th><th>reasons</th></tr>{_tier_rows(report["account_timeline"]["tier_changes"])}</table>
 <h2>Reproduce</h2>
@@ -315,22 +369,22 @@ def _alarm(chain: dict[str, Any]) -> str:
         return ""
     return (
         '<div class="alarm"><strong>The audit log failed verification</strong> at record '
-        f"{chain['first_bad_seq']}: {html.escape(str(chain['reason']))}. The usage records behind this "
+        f"{_text(chain['first_bad_seq'])}: {_text(chain['reason'])}. The usage records behind this "
         "report may have been altered; treat every figure below with that in mind.</div>"
     )
 
 
 def _ranking_rows(ranking: list[dict[str, Any]]) -> str:
-    e = html.escape
+    e = _text
     return "".join(
-        f"<tr><td>{e(str(k['tenant']))}</td><td><code>{e(k['key_id'])}</code></td>"
-        f"<td>{k['score']:.1f}</td><td>{k['expected']:.1f}</td><td>{_p_text(k['log10_p'])}</td></tr>"
+        f"<tr><td>{e(k['tenant'])}</td><td><code>{e(k['key_id'])}</code></td>"
+        f"<td>{_number(k['score'], '.1f')}</td><td>{_number(k['expected'], '.1f')}</td><td>{_p_html(k['log10_p'])}</td></tr>"
         for k in ranking
     )
 
 
 def _commitment_rows(commitments: list[dict[str, Any]]) -> str:
-    e = html.escape
+    e = _text
     return (
         "".join(
             f"<tr><td>{e(c['tenant'])}</td><td><code>{e(c['key_id'])}</code></td>"
@@ -343,20 +397,19 @@ def _commitment_rows(commitments: list[dict[str, Any]]) -> str:
 
 
 def _parameter_rows(parameters: dict[str, Any]) -> str:
-    e = html.escape
+    e = _text
     return "".join(
-        f"<tr><th>{e(str(name))}</th><td>{e(str(value))}</td></tr>"
-        for name, value in parameters.items()
+        f"<tr><th>{e(name)}</th><td>{e(value)}</td></tr>" for name, value in parameters.items()
     )
 
 
 def _tier_rows(changes: list[dict[str, Any]]) -> str:
-    e = html.escape
+    e = _text
     return (
         "".join(
             f"<tr><td>{e(c['changed_at'])}</td><td><code>{e(c['key_id'])}</code></td>"
-            f"<td>{e(c['previous'])} &rarr; {e(c['tier'])}</td><td>{c['requests']}</td>"
-            f"<td>{e('; '.join(c['reasons']))}</td></tr>"
+            f"<td>{e(c['previous'])} &rarr; {e(c['tier'])}</td><td>{e(c['requests'])}</td>"
+            f"<td>{e('; '.join(str(reason) for reason in c['reasons']))}</td></tr>"
             for c in changes
         )
         or '<tr><td colspan="5">no tier changes recorded</td></tr>'
@@ -367,17 +420,17 @@ def _result_row(label: str, result: dict[str, Any]) -> str:
     best = result["best"]
     bound = "" if result["exact"] else " (bound)"
     return (
-        f"<tr><td>{label}</td><td>{html.escape(result['statistic'])}{bound}</td>"
-        f"<td>{result['scored']}</td><td>{html.escape(str(best['tenant']))}</td>"
-        f"<td>{_p_text(best['log10_p'])}</td><td>{_p_text(best['adjusted_log10_p'])}</td></tr>"
+        f"<tr><td>{_text(label)}</td><td>{_text(result['statistic'])}{bound}</td>"
+        f"<td>{_text(result['scored'])}</td><td>{_text(best['tenant'])}</td>"
+        f"<td>{_p_html(best['log10_p'])}</td><td>{_p_html(best['adjusted_log10_p'])}</td></tr>"
     )
 
 
 def _svg(title: str, body: str, width: int = 300, height: int = 200) -> str:
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + 30}" '
-        f'role="img" aria-label="{html.escape(title)}">'
-        f'<text x="{width / 2}" y="14" text-anchor="middle" font-size="12">{html.escape(title)}</text>'
+        f'role="img" aria-label="{_text(title)}">'
+        f'<text x="{width / 2}" y="14" text-anchor="middle" font-size="12">{_text(title)}</text>'
         f'<g transform="translate(0,24)">{body}</g></svg>'
     )
 
@@ -414,7 +467,7 @@ def _green_svg(result: dict[str, Any]) -> str:
         bars += (
             f'<rect x="{x}" y="{y:.1f}" width="24" height="{height:.1f}" fill="#69c"/>'
             f'<text x="{x + 12}" y="194" font-size="8" text-anchor="middle">'
-            f"{html.escape(str(k['tenant'])[:8])}</text>"
+            f"{_text(str(k['tenant'])[:8])}</text>"
         )
     bars += '<text x="296" y="96" font-size="9" text-anchor="end">expected</text>'
     bars += f'<text x="12" y="16" font-size="9">+{top:.1f} sd</text>'
@@ -433,8 +486,8 @@ def _usage_svg(daily: list[dict[str, Any]]) -> str:
         bars += f'<rect x="{x:.1f}" y="{180 - height:.1f}" width="{width:.1f}" height="{height:.1f}" fill="#063"/>'
     bars += f'<text x="22" y="14" font-size="9">{top} requests</text>'
     bars += (
-        f'<text x="22" y="194" font-size="9">{html.escape(daily[0]["day"])}</text>'
-        f'<text x="290" y="194" font-size="9" text-anchor="end">{html.escape(daily[-1]["day"])}</text>'
+        f'<text x="22" y="194" font-size="9">{_text(daily[0]["day"])}</text>'
+        f'<text x="290" y="194" font-size="9" text-anchor="end">{_text(daily[-1]["day"])}</text>'
     )
     return _svg("the account's requests per day", bars)
 
@@ -460,13 +513,26 @@ def _line(xs: list[float], ys: list[float], colour: str) -> str:
     )
 
 
+def report_paths(output: Path) -> tuple[Path, Path]:
+    """The HTML file `output` and its JSON twin beside it (`output` with the suffix .json).
+
+    An `output` named .json is refused: its twin would be itself, and the JSON would
+    overwrite the HTML just written."""
+    html_path = Path(output)
+    if html_path.suffix.lower() == ".json":
+        raise InputError(
+            f"--out {html_path} names the HTML file, and its JSON twin is written beside it as "
+            f"{html_path.stem}.json: give the HTML a name of its own (e.g. {html_path.stem}.html)"
+        )
+    return html_path, html_path.with_suffix(".json")
+
+
 def write_report(
     audit: dict[str, Any], home: Path, output: Path, *, database: str | None = None
 ) -> tuple[Path, Path]:
     """Write `output` (HTML) and its JSON twin beside it; returns both paths."""
+    html_path, json_path = report_paths(output)
     report = build_report(audit, home, database=database)
-    html_path = Path(output)
-    json_path = html_path.with_suffix(".json")
     html_path.write_text(render_html(report), encoding="utf-8")
     json_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return html_path, json_path

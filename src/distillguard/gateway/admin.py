@@ -18,10 +18,13 @@ from starlette.routing import Route
 from distillguard.errors import ApiError
 from distillguard.gateway.policy import TIER_RANK
 from distillguard.gateway.protocol import error_body
+from distillguard.gateway.reading import read_json
 from distillguard.monitor.events import MonitorHook
 from distillguard.monitor.monitor import AccountReport, RingReport
 
 __all__ = ["AdminApi", "MonitorAdmin"]
+
+_MAX_BODY_BYTES = 1 << 16  # {"tier": ...}: far less
 
 
 @runtime_checkable
@@ -88,10 +91,10 @@ class AdminApi:
         except ApiError as error:
             return _error(error)
         try:
-            body = await request.json()
-        except (ValueError, UnicodeDecodeError):
-            body = None
-        tier = body.get("tier") if isinstance(body, dict) else None
+            body = await read_json(request, _MAX_BODY_BYTES)
+        except ApiError:
+            body = {}  # the answer names what the body must hold
+        tier = body.get("tier")
         if tier not in TIER_RANK:
             return _error(
                 ApiError(400, f"'tier' must be one of: {', '.join(TIER_RANK)}", param="tier")

@@ -5,6 +5,10 @@ row; the secret (256 random bits, base64url) is stored only as SHA-256(salt || s
 per-key random salt. Authentication recomputes the hash and compares with
 `hmac.compare_digest`; an unknown key id is hashed against a dummy salt all the same, so the
 time taken does not tell which part was wrong.
+
+A key's tier must be one the policy knows: creating a key with any other is refused, and a
+stored key whose tier is unknown (written by hand, or by an older version) fails to
+authenticate, saying why; it never falls back to some tier's privileges.
 """
 
 from __future__ import annotations
@@ -17,7 +21,13 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from distillguard.errors import AuthenticationError, ConfigError, KeyNotFoundError
+from distillguard.errors import (
+    AuthenticationError,
+    ConfigError,
+    KeyNotFoundError,
+    ServiceUnavailableError,
+)
+from distillguard.gateway.policy import TIER_RANK, check_tier_name
 from distillguard.store.base import Connection
 
 __all__ = [
@@ -69,6 +79,7 @@ def create_api_key(
         raise ConfigError("a key needs a tenant")
     if rpm < 1 or tpm < 1 or concurrency < 1 or (daily_tokens is not None and daily_tokens < 1):
         raise ConfigError("rpm, tpm, concurrency and daily tokens must be positive")
+    check_tier_name(tier)
     key_id = secrets.token_hex(6)
     secret = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
     salt = secrets.token_bytes(16)
@@ -134,17 +145,29 @@ class KeyStore:
         salt, stored, key = entry
         if not hmac.compare_digest(_hash(salt, secret), stored) or key.revoked_at is not None:
             raise AuthenticationError("invalid API key")
+        if key.tier not in TIER_RANK:
+            raise AuthenticationError(
+                f"this key's tier {key.tier!r} is not one of {', '.join(TIER_RANK)}; "
+                "the provider must set a known tier before it can be used"
+            )
         return key
 
     def _lookup(self, key_id: str) -> tuple[bytes, bytes, ApiKey] | None:
         cached = self._cache.get(key_id)
         if cached is not None and time.monotonic() - cached[0] < _CACHE_SECONDS:
             return cached[1]
-        row = self._connection.execute(
-            "SELECT salt, secret_hash, key_id, tenant, rpm, tpm, daily_tokens, concurrency, tier, "
-            "created_at, revoked_at FROM api_keys WHERE key_id = ?",
-            (key_id,),
-        ).fetchone()
+        try:
+            row = self._connection.execute(
+                "SELECT salt, secret_hash, key_id, tenant, rpm, tpm, daily_tokens, concurrency, "
+                "tier, created_at, revoked_at FROM api_keys WHERE key_id = ?",
+                (key_id,),
+            ).fetchone()
+        except Exception as exc:  # the database is away: a key seen before keeps working
+            if cached is not None:
+                return cached[1]
+            raise ServiceUnavailableError(
+                "the key store cannot be reached to check this API key; retry shortly"
+            ) from exc
         if row is None:
             return None
         entry = (bytes(row[0]), bytes(row[1]), ApiKey(*tuple(row)[2:]))

@@ -54,10 +54,12 @@ from distillguard.gateway.ratelimit import (
     Refusal,
     Scope,
     Snapshot,
+    admitted,
     format_duration,
 )
 from distillguard.gateway.reading import authenticate, read_json
 from distillguard.gateway.settings import GatewaySettings
+from distillguard.gateway.settled import SettledStream
 from distillguard.monitor.events import MonitorHook
 from distillguard.store.audit import AuditLog
 
@@ -134,6 +136,7 @@ class Gateway:
     async def metrics_endpoint(self, request: Request) -> Response:
         self.metrics.set_limiter_unavailable(getattr(self.limiter, "unavailable", 0))
         self.metrics.set_audit_write_failures(self.audit.write_failures)
+        self.metrics.set_monitor_dropped(getattr(self.monitor, "dropped", 0))
         return PlainTextResponse(
             self.metrics.render(),
             media_type="text/plain; version=0.0.4",
@@ -172,7 +175,8 @@ class Gateway:
         """Serve the request; the answer leaves once its usage record is safe."""
         call = Call.start("chat.completions" if chat else "completions")
         self.backend.begin(call)
-        response = await self._serve(request, call, chat=chat)
+        async with call.held:  # settles the admission on every way out; a stream takes it over
+            response = await self._serve(request, call, chat=chat)
         if call.committed is not None and not isinstance(response, StreamingResponse):
             unsafe = await self._record_safe(call)
             if unsafe is not None:
@@ -192,8 +196,9 @@ class Gateway:
             log.exception("request %s failed before generation", call.request_id)
             return self._error(call, ApiError(500, "internal error", kind="server_error"))
         if call.parsed is not None and call.parsed.stream:
-            return StreamingResponse(
+            return SettledStream(
                 self._stream(job, call),
+                call.held.pop_all(),
                 media_type="text/event-stream",
                 headers=response_headers(call),
             )
@@ -284,21 +289,23 @@ class Gateway:
             )
         return Scope(f"key:{key.key_id}", limits, self.settings.minute)
 
-    async def _admit(self, key: ApiKey, reserved: int) -> Admission | Refusal:
+    def _admit(
+        self, key: ApiKey, reserved: int
+    ) -> contextlib.AbstractAsyncContextManager[Admission | Refusal]:
         scopes = [self._key_scope(key)]
         tenant_limits = self.settings.tenant_limits
         if tenant_limits is not None:
             scopes.append(Scope(f"tenant:{key.tenant}", tenant_limits, self.settings.minute))
         if key.daily_tokens is not None:
             scopes.append(Scope(f"day:{key.key_id}", Limits(10**12, key.daily_tokens), window=DAY))
-        return await self.limiter.admit_async(tuple(scopes), reserved)
+        return admitted(self.limiter, tuple(scopes), reserved)
 
     async def _admit_call(self, call: Call, reserved: int) -> Response | None:
         """Admit the call (recording its admission), or return the 429 (or 503) to answer."""
         if call.key is None:
             raise ApiError(401, "Incorrect API key provided", code="invalid_api_key")
         try:
-            decision = await self._admit(call.key, reserved)
+            decision = await call.held.enter_async_context(self._admit(call.key, reserved))
         except LimiterUnavailable as exc:
             raise ApiError(503, str(exc), kind="server_error", code="limiter_unavailable") from None
         if isinstance(decision, Refusal):

@@ -5,6 +5,7 @@ its key is known."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -61,6 +62,8 @@ class Call:
     fingerprint: str | None = None  # the watermark scheme's, when a key marked the output
     committed: asyncio.Future[None] | None = None  # its record is safe (AuditLog.submit)
     finished: bool = False
+    # the admission, held until the call ends (`ratelimit.admitted`); a stream takes it over
+    held: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
 
     @classmethod
     def start(cls, endpoint: str) -> Call:

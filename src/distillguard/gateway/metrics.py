@@ -1,8 +1,9 @@
 """Prometheus metrics for the gateway, in the text exposition format (no extra dependency).
 
 Counters: requests by endpoint and status class, outcomes, prompt and completion tokens, rate
-limit refusals by reason; a histogram of request latency. Labels never carry keys or tenants'
-secrets; tenant ids are not used as labels either (unbounded cardinality).
+limit refusals by reason, monitor events dropped; a histogram of request latency. Labels never
+carry keys or tenants' secrets; tenant ids are not used as labels either (unbounded
+cardinality).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ class Metrics:
         self._refusals: defaultdict[str, int] = defaultdict(int)
         self._limiter_unavailable = 0
         self._audit_write_failures = 0
+        self._monitor_dropped = 0
         self._latency_counts = [0] * len(_BUCKETS)
         self._latency_sum = 0.0
         self._latency_total = 0
@@ -60,6 +62,11 @@ class Metrics:
         with self._lock:
             self._audit_write_failures = total
 
+    def set_monitor_dropped(self, total: int) -> None:
+        """The monitor's count of events dropped (its queue full, or Redis unreachable)."""
+        with self._lock:
+            self._monitor_dropped = total
+
     def render(self) -> str:
         with self._lock:
             lines = [
@@ -90,6 +97,11 @@ class Metrics:
                 "failed (each is retried until it is written).",
                 "# TYPE distillguard_audit_write_failures_total counter",
                 f"distillguard_audit_write_failures_total {self._audit_write_failures}",
+                "# HELP distillguard_monitor_dropped_total Monitor events dropped before the "
+                "monitor saw them: the oldest, when its bounded queue was full, or unpublished "
+                "while Redis was unreachable.",
+                "# TYPE distillguard_monitor_dropped_total counter",
+                f"distillguard_monitor_dropped_total {self._monitor_dropped}",
             ]
             lines += [
                 "# HELP distillguard_request_seconds Seconds to answer (streams: last byte).",

@@ -14,6 +14,7 @@ left out keeps its default (docs/deployment.md shows the defaults)::
     [tiers.throttle]        # what a tier allows (these are its defaults)
     max_n = 1
     max_best_of = 1
+    allow_logprobs = false  # logprobs of the completion at all (even with top_logprobs 0)
     max_top_logprobs = 0    # also caps completions' logprobs and prompt_logprobs
     max_tokens = 256
     allow_logit_bias = false
@@ -46,6 +47,7 @@ __all__ = [
     "TIER_RANK",
     "Policy",
     "Tier",
+    "check_tier_name",
     "enforce_tier",
     "higher_tier",
     "load_policy",
@@ -64,11 +66,14 @@ class Tier:
     logits, and from them its final layer (Carlini et al. 2024, "Stealing Part of a Production
     Language Model", sec. 5). Prompt logprobs (vLLM's `prompt_logprobs`, or `echo` with
     `logprobs`) score any text the client writes with the teacher: a distillation signal, capped
-    by `max_top_logprobs` like the completion's.
+    by `max_top_logprobs` like the completion's. `allow_logprobs` governs logprobs themselves:
+    even with no alternatives (`top_logprobs` 0), the sampled token's logprob is the teacher's
+    confidence, a soft label to distill from.
     """
 
     max_n: int = 8
     max_best_of: int = 8  # completions generated for one request (best_of), as n caps returned
+    allow_logprobs: bool = True  # chat's logprobs, completions' logprobs (any number)
     max_top_logprobs: int = 20  # top_logprobs, completions' logprobs, and prompt_logprobs
     max_tokens: int | None = None
     allow_logit_bias: bool = True
@@ -82,9 +87,10 @@ class Tier:
 
 
 def _without_extras(tier: Tier) -> Tier:
-    """`tier` less logit_bias, echo, prompt logprobs, ignore_eos and min_tokens."""
+    """`tier` less logprobs, logit_bias, echo, prompt logprobs, ignore_eos and min_tokens."""
     return replace(
         tier,
+        allow_logprobs=False,
         allow_logit_bias=False,
         allow_echo=False,
         allow_prompt_logprobs=False,
@@ -102,6 +108,14 @@ DEFAULT_TIERS = {
     "block": _without_extras(Tier(block=True)),
 }
 TIER_RANK = {"normal": 0, "watch": 1, "throttle": 2, "block": 3}
+
+
+def check_tier_name(tier: str) -> str:
+    """`tier`, when it names a tier; else ConfigError. An unknown name never falls back to
+    any tier's privileges: a typo would otherwise hand out the normal tier's."""
+    if tier not in TIER_RANK:
+        raise ConfigError(f"unknown tier {tier!r}: tiers are {', '.join(TIER_RANK)}")
+    return tier
 
 
 def higher_tier(configured: str, watched: str) -> str:
@@ -138,6 +152,8 @@ def _enforce_choices(tier: Tier, parsed: ParsedRequest) -> None:
 
 
 def _enforce_logprobs(tier: Tier, parsed: ParsedRequest) -> None:
+    if parsed.logprobs and not tier.allow_logprobs:
+        raise _refuse("logprobs", "logprobs is not allowed for this key")
     if parsed.top_logprobs > tier.max_top_logprobs:
         # completions' integer logprobs is its top_logprobs: name what the client sent
         param = "top_logprobs" if parsed.chat else "logprobs"

@@ -12,6 +12,7 @@ from distillguard.engine.params import Completion, SamplingParams, TokenEvent, T
 from distillguard.errors import ApiError, InputError
 from distillguard.gateway.fields import known_fields
 from distillguard.gateway.messages import Conversation, parse_messages
+from distillguard.redact import redact
 
 __all__ = [
     "ParsedRequest",
@@ -25,9 +26,10 @@ __all__ = [
 
 
 def error_body(error: ApiError) -> dict[str, Any]:
+    """OpenAI's error format; the message redacted (it may quote an upstream's URL or a key)."""
     return {
         "error": {
-            "message": error.message,
+            "message": redact(error.message),
             "type": error.kind,
             "param": error.param,
             "code": error.code,
@@ -308,6 +310,12 @@ def completion_response(request_id: str, model: str, completion: Completion) -> 
     }
 
 
+def _event(payload: dict[str, Any]) -> str:
+    """One SSE event. Strict JSON, as JSONResponse writes whole answers: a NaN or infinity
+    raises here rather than reaching a client as invalid JSON."""
+    return "data: " + json.dumps(payload, separators=(",", ":"), allow_nan=False) + "\n\n"
+
+
 def chat_chunk(
     request_id: str,
     model: str,
@@ -348,7 +356,7 @@ def chat_chunk(
         "choices": choices,
     }
     payload["usage"] = _usage(usage[1], usage[0]) if usage is not None else None
-    return "data: " + json.dumps(payload, separators=(",", ":")) + "\n\n"
+    return _event(payload)
 
 
 def completion_chunk(
@@ -378,4 +386,4 @@ def completion_chunk(
         "choices": choices,
     }
     payload["usage"] = _usage(usage[1], usage[0]) if usage is not None else None
-    return "data: " + json.dumps(payload, separators=(",", ":")) + "\n\n"
+    return _event(payload)

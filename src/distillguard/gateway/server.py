@@ -27,6 +27,8 @@ from distillguard.gateway.backends.vllm import VllmBackend
 from distillguard.gateway.policy import load_policy
 from distillguard.gateway.ratelimit import Limits, RateLimiter, limiter_from_url
 from distillguard.keys import derive_tenant_key, init_master_secret, record_commitment
+from distillguard.keys.derive import journal_key
+from distillguard.keys.secret import MasterSecret
 from distillguard.monitor.events import MonitorHook
 from distillguard.monitor.history import TierHistory
 from distillguard.monitor.model import RiskModel
@@ -169,12 +171,7 @@ def build_server(
     if create_demo_key and not list_api_keys(connection):
         demo_key, _ = create_api_key(connection, "demo", rpm=demo_rpm, tpm=demo_tpm)
     master = init_master_secret(home)[0]
-    audit = AuditLog(
-        lambda: connect(home, url=database),
-        store_text=store_text,
-        chain_key=current_chain_key(master),
-        journal=Journal(journal_directory(home, database), fsync_ms=journal_fsync_ms),
-    )
+    audit = _audit_log(home, database, master, store_text, journal_fsync_ms)
     anchorer = Anchorer(
         lambda: connect(home, url=database),
         master,
@@ -195,6 +192,20 @@ def build_server(
     if watcher is not None:
         watcher.start()
     return Server(gateway, engine, audit, connection, demo_key, watcher, limiter, anchorer)
+
+
+def _audit_log(
+    home: Path, database: str | None, master: MasterSecret, store_text: bool, fsync_ms: float
+) -> AuditLog:
+    """The audit writer: keyed chain, journal (MACed lines) and its dead-letter file."""
+    return AuditLog(
+        lambda: connect(home, url=database),
+        store_text=store_text,
+        chain_key=current_chain_key(master),
+        journal=Journal(
+            journal_directory(home, database), key=journal_key(master), fsync_ms=fsync_ms
+        ),
+    )
 
 
 def journal_directory(home: Path, database: str | None) -> Path:

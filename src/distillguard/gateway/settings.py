@@ -6,7 +6,8 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from distillguard.gateway.policy import DEFAULT_TIERS, Tier
+from distillguard.errors import ConfigError
+from distillguard.gateway.policy import DEFAULT_TIERS, TIER_RANK, Tier
 from distillguard.gateway.ratelimit import WINDOW, Limits
 
 __all__ = ["GatewaySettings"]
@@ -23,6 +24,9 @@ class GatewaySettings:
     killed replica then loses no answered request; the traffic simulator, which has no
     process to lose, turns it off), and `audit_wait` bounds that wait in seconds: past it the
     answer is a 503 `audit_unavailable` (the record stays queued and journaled).
+
+    `tiers` names every tier and no other: a key's tier that had no entry would otherwise be
+    served with no limits at all.
     """
 
     tenant_limits: Limits | None = None
@@ -34,3 +38,10 @@ class GatewaySettings:
     durable_audit: bool = True
     audit_wait: float = 1.0
     clock: Callable[[], float] = time.time
+
+    def __post_init__(self) -> None:
+        if set(self.tiers) != set(TIER_RANK):
+            raise ConfigError(
+                f"the gateway's tiers must be exactly {', '.join(TIER_RANK)}; "
+                f"got {', '.join(sorted(self.tiers)) or 'none'}"
+            )

@@ -18,6 +18,7 @@ __all__ = [
     "checkpoint_seed",
     "derive_tenant_key",
     "hkdf_sha256",
+    "journal_key",
     "key_id_for",
 ]
 
@@ -25,6 +26,7 @@ KEY_BYTES = 32
 _SALT = b"distillguard/tenant-watermark-key/v1"
 _CHAIN_SALT = b"distillguard/audit-chain-key/v1"
 _CHECKPOINT_SALT = b"distillguard/checkpoint-signing-key/v1"
+_JOURNAL_SALT = b"distillguard/audit-journal-key/v1"
 CHAIN_KEY_VERSION = 1  # the version new audit records are linked with
 
 
@@ -85,3 +87,8 @@ def chain_keys(master: MasterSecret, versions: int = CHAIN_KEY_VERSION) -> dict[
 def checkpoint_seed(master: MasterSecret) -> bytes:
     """The 32-byte seed of the Ed25519 key that signs audit checkpoints."""
     return hkdf_sha256(master.material, _CHECKPOINT_SALT, b"ed25519", KEY_BYTES)
+
+
+def journal_key(master: MasterSecret) -> bytes:
+    """The HMAC key of the audit journal's lines (`store/journal.py`)."""
+    return hkdf_sha256(master.material, _JOURNAL_SALT, b"journal", KEY_BYTES)

@@ -1,17 +1,17 @@
 """The harvest monitor: per-account state and risk, rings, and the tier the gateway acts on.
 
-The gateway calls `observe(event)` once per request it meters: that puts the event on a queue
-and returns (the request path's whole cost). A background thread, or `drain()` in tests and
-simulations, updates the account's state, rescores it, and every `ring_every` events regroups
-rings and scores each ring on its members' pooled counts. An account's tier is the higher of
-what its own score and its ring's score reach; tiers only go up on their own, and an operator
-can set one (`set_tier`), which pins it.
+The gateway calls `observe(event)` once per request it meters: that puts the event on a
+bounded queue (`monitor/inbox.py`: the oldest events are dropped, and counted, when the
+monitor falls behind) and returns (the request path's whole cost). A background thread, or
+`drain()` in tests and simulations, updates the account's state, rescores it, and every
+`ring_every` events regroups rings and scores each ring on its members' pooled counts. An
+account's tier is the higher of what its own score and its ring's score reach; tiers only go
+up on their own, and an operator can set one (`set_tier`), which pins it.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +21,7 @@ from numpy.typing import NDArray
 
 from distillguard.monitor.events import MonitorEvent
 from distillguard.monitor.features import AccountState, account_signals, pooled_signals
+from distillguard.monitor.inbox import EventQueue
 from distillguard.monitor.model import TIERS, RiskModel
 from distillguard.monitor.rings import RingRules, find_rings
 from distillguard.monitor.text import prompt_features
@@ -30,6 +31,7 @@ __all__ = ["AccountReport", "Monitor", "RingReport", "TierChange"]
 log = logging.getLogger("distillguard.monitor")
 
 _RANK = {tier: rank for rank, tier in enumerate(TIERS)}
+_LINGER = 0.02  # seconds the thread lets events gather after a quiet spell (inbox.take)
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,7 @@ class Monitor:
         fleet_every: int = 500,
         on_tier_change: Callable[[TierChange], None] | None = None,
         trace: Callable[[str, int, NDArray[np.float64], float], None] | None = None,
+        queue: EventQueue | None = None,
     ) -> None:
         self.model = model or RiskModel.load()
         self.ring_rules = ring_rules or RingRules()
@@ -104,7 +107,7 @@ class Monitor:
         self._rings: list[RingReport] = []
         self._fleet_rate = 1.0
         self._processed = 0
-        self._queue: queue.SimpleQueue[MonitorEvent | None] = queue.SimpleQueue()
+        self._queue = queue if queue is not None else EventQueue()
         self._lock = threading.Lock()  # state changes vs. reports
         self._thread: threading.Thread | None = None
 
@@ -113,6 +116,11 @@ class Monitor:
     def observe(self, event: MonitorEvent) -> None:
         self._queue.put(event)
 
+    @property
+    def dropped(self) -> int:
+        """Events dropped unprocessed: the oldest, while the queue was full."""
+        return self._queue.dropped
+
     def tier_of(self, account: str) -> str:
         return self._tiers.get(account, "normal")
 
@@ -120,6 +128,7 @@ class Monitor:
 
     def start(self) -> None:
         if self._thread is None:
+            self._queue.reopen()
             self._thread = threading.Thread(
                 target=self._run, name="distillguard-monitor", daemon=True
             )
@@ -127,31 +136,26 @@ class Monitor:
 
     def close(self) -> None:
         if self._thread is not None:
-            self._queue.put(None)
+            self._queue.close()  # the thread processes what is queued, then stops
             self._thread.join(timeout=10)
             self._thread = None
 
     def _run(self) -> None:
-        while True:
-            event = self._queue.get()
-            if event is None:
-                return
-            try:
-                self.process(event)
-            except Exception:  # one bad event must not stop the monitor
-                log.exception("monitor failed on an event of %s", event.account)
+        while batch := self._queue.take(256, linger=_LINGER):
+            for event in batch:
+                try:
+                    self.process(event)
+                except Exception:  # one bad event must not stop the monitor
+                    log.exception("monitor failed on an event of %s", event.account)
 
     def drain(self) -> int:
         """Process everything queued, in the calling thread (no background thread running)."""
         count = 0
-        while True:
-            try:
-                event = self._queue.get_nowait()
-            except queue.Empty:
-                return count
-            if event is not None:
+        while batch := self._queue.take(1024, timeout=0):
+            for event in batch:
                 self.process(event)
                 count += 1
+        return count
 
     @property
     def processed(self) -> int:

@@ -19,7 +19,8 @@ after the leader dies first re-reads what the old leader had read but not acknow
 continues. Its counters start from the stream's unread part; tiers already given are kept
 (they are in the hash). Redis being down does not stop serving: events are dropped and
 counted (`dropped`), tiers stay as last read, and the rate limits (fail closed by default)
-are what holds.
+are what holds. Events wait for the publisher in a bounded queue (`monitor/inbox.py`): when
+it is full the oldest are dropped, and counted in `dropped` too.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import contextlib
 import json
 import logging
 import os
-import queue
 import secrets
 import socket
 import threading
@@ -39,6 +39,7 @@ from typing import Any
 
 from distillguard.errors import ConfigError
 from distillguard.monitor.events import MonitorEvent
+from distillguard.monitor.inbox import EventQueue
 from distillguard.monitor.model import TIERS
 from distillguard.monitor.monitor import AccountReport, Monitor, RingReport, TierChange
 
@@ -56,6 +57,7 @@ log = logging.getLogger("distillguard.monitor")
 _GROUP = "distillguard-monitor"
 _CONSUMER = "leader"  # one name: a new leader inherits the old one's unacknowledged events
 _BATCH = 500  # stream entries read at once
+_LINGER = 0.02  # seconds the publisher lets events gather after a quiet spell (inbox.take)
 _EVENT_FIELDS = tuple(field.name for field in fields(MonitorEvent))
 
 # Renew the lease only if this replica still holds it.
@@ -82,11 +84,12 @@ class SharedMonitor:
         snapshot_every: float = 2.0,
         stream_max: int = 100_000,
         restore: Callable[[], dict[str, tuple[str, bool]]] | None = None,
+        outbox: EventQueue | None = None,
     ) -> None:
         self.monitor = monitor
         self.replica = replica or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.leading = False
-        self.dropped = 0  # events that could not be published (Redis unreachable)
+        self._unpublished = 0  # events that could not be published (Redis unreachable)
         self._client = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
         self._renew = self._client.register_script(_RENEW)
         self._prefix = prefix
@@ -95,7 +98,7 @@ class SharedMonitor:
         self._snapshot_every = snapshot_every
         self._stream_max = stream_max
         self._restore = restore
-        self._outbox: queue.SimpleQueue[MonitorEvent | None] = queue.SimpleQueue()
+        self._outbox = outbox if outbox is not None else EventQueue()
         self._tiers: dict[str, str] = {}  # read on the request path: one dict get
         self._version: bytes | str | None = None
         self._stop = threading.Event()
@@ -113,6 +116,11 @@ class SharedMonitor:
 
     def observe(self, event: MonitorEvent) -> None:
         self._outbox.put(event)
+
+    @property
+    def dropped(self) -> int:
+        """Events lost before the stream: the oldest of a full queue, or unpublishable."""
+        return self._outbox.dropped + self._unpublished
 
     def tier_of(self, account: str) -> str:
         return self._tiers.get(account, "normal")
@@ -161,7 +169,7 @@ class SharedMonitor:
 
     def close(self) -> None:
         self._stop.set()
-        self._outbox.put(None)
+        self._outbox.close()
         for thread in self._threads:
             thread.join(timeout=10)
         self._threads.clear()
@@ -193,17 +201,7 @@ class SharedMonitor:
         self._publish(self._take_outbox(wait=0.0))
 
     def _take_outbox(self, wait: float) -> list[MonitorEvent]:
-        batch: list[MonitorEvent] = []
-        try:
-            item = self._outbox.get(timeout=wait) if wait else self._outbox.get_nowait()
-            while item is not None:
-                batch.append(item)
-                if len(batch) >= 1000:
-                    break
-                item = self._outbox.get_nowait()
-        except queue.Empty:
-            pass
-        return batch
+        return self._outbox.take(1000, timeout=wait, linger=_LINGER if wait else 0.0)
 
     def _publish(self, batch: list[MonitorEvent]) -> None:
         if not batch:
@@ -218,7 +216,7 @@ class SharedMonitor:
                 approximate=True,
             )
         except redis.RedisError as exc:
-            self.dropped += len(batch)
+            self._unpublished += len(batch)
             self._warn(f"dropped {len(batch)} monitor events", exc)
 
     def _refresh_tiers(self) -> None:

@@ -1,4 +1,9 @@
-"""Checkpoints on a schedule: what `serve` runs beside the audit writer."""
+"""Checkpoints on a schedule: what `serve` runs beside the audit writer.
+
+With a TSA (given, or named by $DISTILLGUARD_ANCHOR_TSA and $DISTILLGUARD_ANCHOR_TSA_CERT),
+each checkpoint is timestamped as it is anchored; a TSA that fails is logged in one line and
+the checkpoint anchored without its timestamp.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from pathlib import Path
 from distillguard.keys.secret import MasterSecret
 from distillguard.store.base import Connection
 from distillguard.store.integrity import anchor_checkpoint
+from distillguard.store.timestamp import TimestampAuthority, timestamp_authority_from_env
 
 __all__ = ["Anchorer"]
 
@@ -28,10 +34,12 @@ class Anchorer:
         path: Path,
         *,
         interval: float = 60.0,
+        tsa: TimestampAuthority | None = None,
     ) -> None:
         self._connect = connect
         self._master = master
         self.path = path
+        self.tsa = tsa if tsa is not None else timestamp_authority_from_env()
         self._interval = interval
         self._anchored_records = -1
         self._stop = threading.Event()
@@ -48,7 +56,13 @@ class Anchorer:
             try:
                 records = int(connection.execute("SELECT COUNT(*) FROM audit").fetchone()[0])
                 if records != self._anchored_records:
-                    anchor_checkpoint(connection, self._master, self.path)
+                    anchored = anchor_checkpoint(connection, self._master, self.path, self.tsa)
+                    if anchored.timestamp_failure is not None:
+                        log.warning(
+                            "checkpoint at record %d anchored without a timestamp: %s",
+                            anchored.checkpoint.seq,
+                            anchored.timestamp_failure,
+                        )
                     self._anchored_records = records
             finally:
                 connection.close()

@@ -15,8 +15,11 @@ after a keyed one is refused.
 
 `verify_chain` checks every record against its usage row and every link, that every usage row
 has its record, and that text is only ever missing where a purge event covers it (a purge is
-itself a record in the chain). What it cannot see alone, the newest records deleted, the
-signed checkpoints in the anchor catch (`store/checkpoint.py`).
+itself a record in the chain). One exception, counted apart: chains written before purge
+events existed purged text without a trace, so an unkeyed record in the legacy part of the
+chain (before any keyed record and any event) may have its texts blank; a keyed record never.
+What it cannot see alone, the newest records deleted, the signed checkpoints in the anchor
+catch (`store/checkpoint.py`).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from distillguard.store.base import Connection
-from distillguard.store.usage import USAGE_COLUMNS
+from distillguard.store.usage import USAGE_COLUMNS, UsageRecord
 
 __all__ = [
     "GENESIS",
@@ -39,6 +42,7 @@ __all__ = [
     "ChainKey",
     "ChainVerification",
     "append_event",
+    "append_records",
     "audited",
     "link",
     "record_json",
@@ -49,6 +53,7 @@ GENESIS = "0" * 64
 UNKEYED = "sha256"
 EVENT_PREFIX = "event:"
 _DOMAIN = b"dg-chain-v2"
+_ROWS_PER_INSERT = 256  # 256 x 16 parameters: within SQLite's limit of 32,766
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,55 @@ def link(prev_hash: str, record: str, key: ChainKey | None = None) -> tuple[str,
     return hmac.new(key.material, message, hashlib.sha256).hexdigest(), key.tag
 
 
+def append_records(
+    connection: Connection,
+    records: list[UsageRecord],
+    key: ChainKey | None,
+    *,
+    store_text: bool = True,
+) -> None:
+    """Insert usage rows and their chained audit records in one transaction, after the
+    chain's last record (whichever process wrote it). Without `store_text` the texts are
+    stored, and audited, as empty."""
+    usage_rows = []
+    audited_records = []
+    for record in records:
+        row = dict(vars(record))  # shallow: asdict deep-copies, which costs on the hot path
+        row["parameters"] = json.dumps(record.parameters, sort_keys=True, separators=(",", ":"))
+        if not store_text:
+            row["prompt_text"] = row["output_text"] = ""
+        audited_records.append((record.request_id, record_json(row)))
+        row["prompt_text"] = zlib.compress(row["prompt_text"].encode())
+        row["output_text"] = zlib.compress(row["output_text"].encode())
+        usage_rows.append(tuple(row[name] for name in USAGE_COLUMNS))
+    placeholders = ", ".join("?" for _ in USAGE_COLUMNS)
+    with connection:
+        connection.lock_chain()
+        last = connection.execute(
+            "SELECT record_hash FROM audit ORDER BY seq DESC LIMIT 1"
+        ).fetchone()
+        prev_hash = last[0] if last else GENESIS
+        links = []
+        for request_id, audited_record in audited_records:
+            record_hash, tag = link(prev_hash, audited_record, key)
+            links.append((request_id, audited_record, prev_hash, record_hash, tag))
+            prev_hash = record_hash
+        # multi-row INSERTs: one statement per chunk of rows, far fewer round trips
+        for start in range(0, len(usage_rows), _ROWS_PER_INSERT):
+            rows = usage_rows[start : start + _ROWS_PER_INSERT]
+            connection.execute(
+                f"INSERT INTO usage ({', '.join(USAGE_COLUMNS)}) VALUES "  # noqa: S608
+                + ", ".join(f"({placeholders})" for _ in rows),
+                [value for row in rows for value in row],
+            )
+            chained = links[start : start + _ROWS_PER_INSERT]
+            connection.execute(
+                "INSERT INTO audit (request_id, record, prev_hash, record_hash, chain) VALUES "  # noqa: S608
+                + ", ".join("(?, ?, ?, ?, ?)" for _ in chained),
+                [value for link in chained for value in link],
+            )
+
+
 def append_event(connection: Connection, event: dict[str, Any], key: ChainKey | None) -> str:
     """Append an audit event (inside the caller's transaction, under the chain lock); its id."""
     connection.lock_chain()
@@ -118,6 +172,7 @@ class ChainVerification:
     purges: int = 0
     head_seq: int = 0
     head_hash: str = GENESIS
+    legacy_purged: int = 0  # legacy records whose text was purged before purge events existed
 
 
 def verify_chain(
@@ -129,14 +184,18 @@ def verify_chain(
         "SELECT seq, request_id, record, prev_hash, record_hash, chain FROM audit ORDER BY seq"
     ).fetchall()
     purged_before = _purge_horizon(rows)
-    prev_hash, count, keyed, unkeyed, purges, last_seq = GENESIS, 0, 0, 0, 0, 0
+    prev_hash, count, keyed, unkeyed, purges, last_seq, legacy_purged = GENESIS, 0, 0, 0, 0, 0, 0
     for seq, request_id, record, stored_prev, record_hash, tag in rows:
         count += 1
         if request_id.startswith(EVENT_PREFIX):
             purges += 1
             reason = None
         else:
-            reason = _check_usage(connection, request_id, record, purged_before)
+            row = _usage_row(connection, request_id)
+            legacy = tag == UNKEYED and not keyed and not purges
+            reason = _check_usage(row, record, purged_before, legacy)
+            if reason is None and row is not None and _blanked_unannounced(row, purged_before):
+                legacy_purged += 1
         if reason is None and stored_prev != prev_hash:
             reason = "the chain is broken before it (records removed or reordered)"
         if reason is None and tag == UNKEYED and keyed:
@@ -157,7 +216,7 @@ def verify_chain(
         reason = "a usage row has no audit record (written outside the log)"
         return ChainVerification(False, count, None, orphan[0], reason, keyed, unkeyed, purges)
     return ChainVerification(
-        True, count, None, None, None, keyed, unkeyed, purges, last_seq, prev_hash
+        True, count, None, None, None, keyed, unkeyed, purges, last_seq, prev_hash, legacy_purged
     )
 
 
@@ -184,24 +243,34 @@ def _purge_horizon(rows: Iterable[Any]) -> str:
     return horizon
 
 
-def _check_usage(
-    connection: Connection, request_id: str, record: str, purged_before: str
-) -> str | None:
-    """Why the usage row does not match its record, or None."""
+def _usage_row(connection: Connection, request_id: str) -> dict[str, Any] | None:
     usage = connection.execute(
         f"SELECT {', '.join(USAGE_COLUMNS)} FROM usage WHERE request_id = ?",  # noqa: S608
         (request_id,),
     ).fetchone()
-    if usage is None:
+    return None if usage is None else dict(zip(USAGE_COLUMNS, usage, strict=True))
+
+
+def _blanked_unannounced(row: dict[str, Any], purged_before: str) -> bool:
+    """Whether the row's text is gone where no purge event covers it."""
+    return row["prompt_text"] is None and not row["created_at"] < purged_before
+
+
+def _check_usage(
+    row: dict[str, Any] | None, record: str, purged_before: str, legacy: bool
+) -> str | None:
+    """Why the usage row does not match its record, or None; `legacy`: the record is in the
+    legacy part of the chain, where text was purged without an event."""
+    if row is None:
         return "its usage row is missing"
-    row = dict(zip(USAGE_COLUMNS, usage, strict=True))
     blank_prompt, blank_output = row["prompt_text"] is None, row["output_text"] is None
     if blank_prompt != blank_output:
         return "one of its texts was blanked (a purge removes both)"
     # Text removed by a purge (NULL) cannot be checked, but the record keeps its hashes: text
     # can be purged, never altered, and only where a purge event in the chain covers it.
-    if blank_prompt and not row["created_at"] < purged_before:
+    if _blanked_unannounced(row, purged_before) and not legacy:
         return "its text was blanked outside any purge"
+    row = dict(row)  # the caller still reads the stored row
     row["prompt_text"] = "" if blank_prompt else zlib.decompress(row["prompt_text"]).decode()
     row["output_text"] = "" if blank_output else zlib.decompress(row["output_text"]).decode()
     expected = audited(row)

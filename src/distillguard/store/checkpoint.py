@@ -11,6 +11,16 @@ database cannot make the anchored heads match again.
 `verify_checkpoints` checks each checkpoint's signature and that the database still holds its
 head at its sequence number, its record count and its commitments; records after the last
 checkpoint are reported as not yet anchored.
+
+A checkpoint may also carry an RFC 3161 timestamp token over its signed bytes
+(`store/timestamp.py`): not part of what it signs, since the TSA stamps those bytes. Verifying
+checks each token's imprint, and with the TSA's certificates its signature; a checkpoint
+without one (no TSA configured, or the TSA failed when it was written) is still a checkpoint.
+
+The commitments digest is ``sha256:`` and the SHA-256 of every commitment row (all columns,
+canonical JSON, one per line) in creation order, so back-dating or editing a row is caught;
+checkpoints written before it hold a bare hex digest of the commitment column alone, and are
+checked that way.
 """
 
 from __future__ import annotations
@@ -18,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -26,8 +36,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from distillguard.errors import ConfigError
+from distillguard.errors import AuditChainError, ConfigError
 from distillguard.store.base import Connection
+from distillguard.store.timestamp import Timestamp, TsaTrust, check_timestamp
 
 __all__ = [
     "ANCHOR_FILE",
@@ -38,10 +49,15 @@ __all__ = [
     "public_key_hex",
     "read_anchor",
     "verify_checkpoints",
+    "with_timestamp",
 ]
 
 ANCHOR_FILE = "anchor/checkpoints.jsonl"  # under the data directory unless told otherwise
+_COMMITMENT_COLUMNS = (
+    "tenant", "key_version", "key_id", "fingerprint", "scheme_json", "created_at", "commitment"
+)  # fmt: skip
 _COMMITMENT_ORDER = "ORDER BY created_at, tenant, key_version, fingerprint"
+_DIGEST_TAG = "sha256:"
 
 
 @dataclass(frozen=True)
@@ -54,10 +70,13 @@ class Checkpoint:
     created_at: str
     public_key: str  # Ed25519, raw 32 bytes as hex
     signature: str = ""
+    timestamp_token: str = ""  # RFC 3161 TimeStampToken over sha256(payload), DER, base64
 
     def payload(self) -> bytes:
+        """The signed bytes (and the bytes a TSA timestamps)."""
         fields = asdict(self)
         fields.pop("signature")
+        fields.pop("timestamp_token")
         return json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
 
 
@@ -66,13 +85,21 @@ def public_key_hex(seed: bytes) -> str:
     return key.public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
 
 
-def _commitments(connection: Connection, limit: int | None = None) -> tuple[int, str]:
-    query = f"SELECT commitment FROM key_commitments {_COMMITMENT_ORDER}"  # noqa: S608
-    rows = [row[0] for row in connection.execute(query).fetchall()]
-    if limit is not None:
-        rows = rows[:limit]
-    digest = hashlib.sha256("\n".join(rows).encode()).hexdigest()
-    return len(rows), digest
+def _commitments(
+    connection: Connection, limit: int | None = None, *, legacy: bool = False
+) -> tuple[int, str]:
+    """(how many, digest) of the commitment rows, the first `limit` of them when given;
+    `legacy`: the digest of checkpoints from before it covered every column."""
+    columns = ", ".join(_COMMITMENT_COLUMNS)
+    query = f"SELECT {columns} FROM key_commitments {_COMMITMENT_ORDER}"  # noqa: S608
+    rows = connection.execute(query).fetchall()[:limit]
+    if legacy:
+        lines = [str(row[-1]) for row in rows]
+        return len(rows), hashlib.sha256("\n".join(lines).encode()).hexdigest()
+    lines = [
+        json.dumps(dict(zip(_COMMITMENT_COLUMNS, row, strict=True)), sort_keys=True) for row in rows
+    ]
+    return len(rows), _DIGEST_TAG + hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
 def make_checkpoint(connection: Connection, seed: bytes, now: datetime | None = None) -> Checkpoint:
@@ -95,6 +122,11 @@ def make_checkpoint(connection: Connection, seed: bytes, now: datetime | None = 
     )
     signature = Ed25519PrivateKey.from_private_bytes(seed).sign(unsigned.payload()).hex()
     return Checkpoint(**(asdict(unsigned) | {"signature": signature}))
+
+
+def with_timestamp(checkpoint: Checkpoint, stamp: Timestamp) -> Checkpoint:
+    """`checkpoint` carrying `stamp`'s token (what it signed is unchanged)."""
+    return replace(checkpoint, timestamp_token=stamp.token)
 
 
 def append_anchor(path: Path, checkpoint: Checkpoint) -> None:
@@ -128,23 +160,46 @@ class CheckpointVerification:
     last: Checkpoint | None  # the newest checkpoint verified against
     unanchored: int  # records after it
     reason: str | None = None
+    timestamped: int = 0  # checked checkpoints with a TSA token whose imprint is theirs
+    last_timestamped: Checkpoint | None = None  # the newest of them
+    last_timestamp: Timestamp | None = None  # and what its token says
 
 
 def verify_checkpoints(
-    connection: Connection, checkpoints: list[Checkpoint], public_key: str | None
+    connection: Connection,
+    checkpoints: list[Checkpoint],
+    public_key: str | None,
+    tsa_trust: TsaTrust | None = None,
 ) -> CheckpointVerification:
     """Check every checkpoint against its signature, `public_key` (ours, when known) and the
-    database; the first failure is named."""
+    database, and its timestamp token if it has one (signed as `tsa_trust` requires, when
+    given); the first failure is named."""
     total = int(connection.execute("SELECT COUNT(*) FROM audit").fetchone()[0])
     last: Checkpoint | None = None
+    stamped: list[tuple[Checkpoint, Timestamp]] = []
     for index, checkpoint in enumerate(checkpoints):
         reason = _check_one(connection, checkpoint, public_key)
+        if reason is None and checkpoint.timestamp_token:
+            try:
+                stamp = check_timestamp(checkpoint.timestamp_token, checkpoint.payload(), tsa_trust)
+                stamped.append((checkpoint, stamp))
+            except AuditChainError as exc:
+                reason = f"its timestamp token {exc}"
         if reason is not None:
             where = f"checkpoint {index + 1} (seq {checkpoint.seq}, {checkpoint.created_at})"
             return CheckpointVerification(False, index, last, 0, f"{where}: {reason}")
         last = checkpoint
     unanchored = total - last.records if last is not None else total
-    return CheckpointVerification(True, len(checkpoints), last, unanchored)
+    last_timestamped, last_timestamp = stamped[-1] if stamped else (None, None)
+    return CheckpointVerification(
+        True,
+        len(checkpoints),
+        last,
+        unanchored,
+        timestamped=len(stamped),
+        last_timestamped=last_timestamped,
+        last_timestamp=last_timestamp,
+    )
 
 
 def _check_one(
@@ -172,7 +227,8 @@ def _check_one(
     )
     if count != checkpoint.records:
         return f"it anchored {checkpoint.records} records, the database holds {count} up to it"
-    commitments, digest = _commitments(connection, checkpoint.commitments)
+    legacy = not checkpoint.commitments_digest.startswith(_DIGEST_TAG)
+    commitments, digest = _commitments(connection, checkpoint.commitments, legacy=legacy)
     if commitments != checkpoint.commitments or digest != checkpoint.commitments_digest:
         return "the key commitments it anchored were changed or removed"
     return None

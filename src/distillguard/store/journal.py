@@ -9,7 +9,13 @@ once, writes during an fsync or its interval share the next), and `when_synced` 
 waiting answers.
 
 Layout: `<directory>/<pid>-<random>-<n>.jsonl`, mode 0600 (the records hold prompts and
-outputs), one JSON object (a `UsageRecord`) per line. A process holds an flock on each of its
+outputs), one JSON object (a `UsageRecord`) per line, then a tab and the line's MAC: an
+HMAC-SHA256, under a key derived from the master secret (`keys.derive.journal_key`), of the
+segment's name, the line's position in it and the JSON. Replay refuses a line whose MAC does
+not verify (a record forged or edited on the host's disk, or moved between segments or
+positions): its segment is set aside as `.rejected` and nothing of it reaches the database.
+Deleting a dead process's segment, or its last lines, is not detectable here: the chain covers
+what was committed, the journal only what is waiting. A process holds an flock on each of its
 segments for as long as it lives, so a segment that nobody holds belongs to a dead process:
 `orphans` hands those over to be replayed into the database. A segment is sealed once it
 passes `segment_bytes`, and deleted once every record in it is committed (`committed`).
@@ -20,6 +26,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import hashlib
+import hmac
 import json
 import logging
 import os
@@ -30,27 +38,52 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from distillguard.errors import AuditUnavailable
+from distillguard.errors import AuditUnavailable, JournalLineForged
 from distillguard.store.usage import UsageRecord
 
-__all__ = ["Journal", "Orphan", "Segment", "record_from_line", "record_line"]
+__all__ = [
+    "Journal",
+    "Orphan",
+    "Segment",
+    "record_from_line",
+    "record_line",
+]
 
 log = logging.getLogger("distillguard.audit")
 
 _SUFFIX = ".jsonl"
 
 
-def record_line(record: UsageRecord) -> bytes:
-    """One journal line: the record's fields as JSON (ASCII, so any text round-trips)."""
-    return (json.dumps(vars(record), separators=(",", ":")) + "\n").encode()
+_MAC_DOMAIN = b"distillguard/journal-line/v1\0"
 
 
-def record_from_line(line: bytes) -> UsageRecord:
-    """The record of a journal line; ValueError or TypeError for a torn or foreign line."""
-    fields = json.loads(line)
+def record_line(record: UsageRecord, key: bytes, segment: str, position: int) -> bytes:
+    """Journal line `position` (0-based) of `segment` (its file's stem): the record's fields
+    as JSON (ASCII, so any text round-trips), then, after tabs, the position and the MAC."""
+    body = json.dumps(vars(record), separators=(",", ":")).encode()
+    mac = _mac(key, segment, position, body)
+    return b"%s\t%d\t%s\n" % (body, position, mac.encode())
+
+
+def record_from_line(line: bytes, key: bytes, segment: str) -> tuple[int, UsageRecord]:
+    """(position, record) of a journal line of `segment`. JournalLineForged when its MAC does not
+    verify; ValueError or TypeError for a torn line (a write cut off by a crash) or a
+    foreign one."""
+    parts = line.rstrip(b"\n").rsplit(b"\t", 2)
+    if len(parts) != 3 or not parts[1].isdigit():
+        raise ValueError("a journal line ends with a tab, its position, a tab and its MAC")
+    body, position, mac = parts[0], int(parts[1]), parts[2]
+    fields = json.loads(body)
     if not isinstance(fields, dict):
         raise ValueError("a journal line must be a JSON object")
-    return UsageRecord(**fields)
+    if not hmac.compare_digest(mac, _mac(key, segment, position, body).encode()):
+        raise JournalLineForged(f"line {position + 1} of {segment}: its MAC does not verify")
+    return position, UsageRecord(**fields)
+
+
+def _mac(key: bytes, segment: str, position: int, body: bytes) -> str:
+    message = _MAC_DOMAIN + segment.encode() + b"\0" + str(position).encode() + b"\0" + body
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
 
 
 @dataclass(eq=False)
@@ -77,7 +110,14 @@ class Orphan:
     fd: int
     records: list[UsageRecord] = field(default_factory=list)
     torn_lines: int = 0  # lines that do not parse: a write cut off by a host crash
+    forged_lines: int = 0  # lines whose MAC does not verify: the segment is not replayed
     closed: bool = False
+
+    def reject(self) -> None:
+        """A line is forged: set the segment aside as `.rejected` (for an investigator),
+        replaying none of it."""
+        self.path.rename(self.path.with_suffix(".rejected"))
+        self.release()
 
     def remove(self) -> None:
         """Every record is in the database: delete the file (kept aside if it had torn lines)."""
@@ -98,12 +138,18 @@ class Journal:
     """Append-only segments of one process's usage records, with optional group fsync."""
 
     def __init__(
-        self, directory: Path, *, fsync_ms: float = 0.0, segment_bytes: int = 4 << 20
+        self,
+        directory: Path,
+        *,
+        key: bytes,
+        fsync_ms: float = 0.0,
+        segment_bytes: int = 4 << 20,
     ) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         directory.chmod(0o700)
         self.directory = directory
         self.fsync_ms = fsync_ms
+        self._key = key
         self._segment_bytes = segment_bytes
         self._prefix = f"{os.getpid()}-{secrets.token_hex(4)}-"
         self._count = 0
@@ -130,21 +176,21 @@ class Journal:
 
     def write(self, record: UsageRecord) -> Segment:
         """Append the record (one write() into the page cache); its segment, for `committed`."""
-        line = record_line(record)
         with self._lock:
             segment = self._segment
             if segment is None or segment.size >= self._segment_bytes:
                 segment = self._rotate()
+            line = record_line(record, self._key, segment.path.stem, segment.written)
             try:
                 written = os.write(segment.fd, line)
             except OSError as exc:
                 segment.sealed = True  # whatever reached the file, nothing is appended after it
                 raise AuditUnavailable(f"cannot write the audit journal: {exc}") from None
             segment.size += written
+            segment.written += 1  # a torn line keeps its position: the next one's MAC follows
             if written != len(line):  # disk full mid-line: replay skips the torn line
                 segment.sealed = True
                 raise AuditUnavailable("the audit journal's disk is full")
-            segment.written += 1
             if self._flusher is not None:
                 self._dirty.add(segment)
                 if not self._written.is_set():
@@ -172,12 +218,22 @@ class Journal:
                 segment.path.unlink(missing_ok=True)
                 os.close(segment.fd)
 
+    @property
+    def key(self) -> bytes:
+        """The MAC key of its lines (the dead-letter file's too)."""
+        return self._key
+
+    @property
+    def name(self) -> str:
+        """This process's journal name: `<pid>-<random>`."""
+        return self._prefix.rstrip("-")
+
     def orphans(self) -> Iterator[Orphan]:
         """Segments of dead processes (nobody holds their lock), each locked while it is used."""
         for path in sorted(self.directory.glob("*" + _SUFFIX)):
             if path.name.startswith(self._prefix):
                 continue
-            orphan = _claim(path)
+            orphan = _claim(path, self._key)
             if orphan is None:
                 continue
             try:
@@ -259,7 +315,7 @@ class Journal:
         _wake(waiters, error)
 
 
-def _claim(path: Path) -> Orphan | None:
+def _claim(path: Path, key: bytes) -> Orphan | None:
     """Lock and read a segment nobody holds; None when a live process holds it (or it went)."""
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -273,13 +329,23 @@ def _claim(path: Path) -> Orphan | None:
         os.close(fd)
         return None
     orphan = Orphan(path, fd)
-    for line in path.read_bytes().splitlines():
-        if not line.strip():
+    last = -1
+    for line in path.read_bytes().split(b"\n"):  # "\n" only: JSON escapes it in strings
+        if not line.strip(b" \0"):  # a host crash can leave a run of zeros
             continue
         try:
-            orphan.records.append(record_from_line(line))
+            position, record = record_from_line(line, key, path.stem)
+        except JournalLineForged:
+            orphan.forged_lines += 1
+            continue
         except (ValueError, TypeError):
             orphan.torn_lines += 1
+            continue
+        if position <= last:  # a genuine line, copied or moved back: the order was edited
+            orphan.forged_lines += 1
+            continue
+        last = position
+        orphan.records.append(record)
     return orphan
 
 

@@ -9,14 +9,17 @@ migrate once.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
-from distillguard.errors import ConfigError
+from distillguard.errors import ConfigError, ServiceUnavailableError
+from distillguard.redact import redact
 from distillguard.store.base import describe
 from distillguard.store.migrations import MIGRATIONS
 
@@ -29,6 +32,9 @@ __all__ = ["PostgresConnection", "Row", "connect", "migrate", "translate_schema"
 
 _MIGRATION_LOCK = 0x6447_6D69  # "dGmi": distillguard migrations
 _CHAIN_LOCK = 0x6447_6175  # "dGau": distillguard audit
+_CONNECT_TIMEOUT = 3  # seconds: a server that does not answer is down, not slow
+_BACKOFF_START = 0.1
+_BACKOFF_MOST = 2.0
 
 
 class Row(tuple[Any, ...]):
@@ -73,18 +79,73 @@ def _placeholders(sql: str) -> str:
 
 
 class PostgresConnection:
-    """One psycopg connection with sqlite3's interface; safe to share between threads."""
+    """One psycopg connection with sqlite3's interface; safe to share between threads.
+
+    It survives the server going away (a restart, a failover): a statement outside a
+    transaction that fails because the connection is lost is retried once on a new
+    connection; inside a transaction the error is raised (the caller retries the whole
+    transaction) and the next transaction reconnects. While the server stays away, reconnects
+    are tried with backoff (0.1 s doubling to 2 s) and fail fast in between, with
+    ServiceUnavailableError, so no caller blocks for long on a server that is down."""
 
     def __init__(self, url: str) -> None:
+        self._url = url
+        self._retry_at = 0.0  # no reconnect before this (monotonic); 0: none failed
+        self._backoff = _BACKOFF_START
+        self._connect_lock = threading.Lock()
         try:
-            self._connection = psycopg.connect(url, autocommit=True, row_factory=_row_factory)
+            self._connection = self._open()
         except psycopg.Error as exc:
             raise ConfigError(f"cannot connect to {describe(url)}: {exc}".strip()) from None
         self._lock = threading.RLock()  # a transaction belongs to the thread that opened it
         self._transactions: list[Any] = []
+        self._owner: int | None = None  # the thread whose transaction is open
+
+    def _open(self) -> psycopg.Connection[Any]:
+        return psycopg.connect(
+            self._url, autocommit=True, row_factory=_row_factory, connect_timeout=_CONNECT_TIMEOUT
+        )
+
+    def _reconnect(self, lost: psycopg.Connection[Any]) -> None:
+        """Replace `lost` (unless another thread already did), or raise ServiceUnavailableError."""
+        with self._connect_lock:
+            if self._connection is not lost and not self._connection.closed:
+                return
+            if time.monotonic() < self._retry_at:
+                raise ServiceUnavailableError(
+                    f"the database {describe(self._url)} cannot be reached; retrying shortly"
+                )
+            try:
+                fresh = self._open()
+            except psycopg.Error as exc:
+                self._retry_at = time.monotonic() + self._backoff
+                self._backoff = min(self._backoff * 2, _BACKOFF_MOST)
+                reason = (
+                    str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                )
+                raise ServiceUnavailableError(
+                    f"the database {describe(self._url)} cannot be reached: {redact(reason)}"
+                ) from None
+            self._retry_at, self._backoff = 0.0, _BACKOFF_START
+            with contextlib.suppress(Exception):
+                lost.close()
+            self._connection = fresh
 
     def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> Any:
+        connection = self._connection
+        if connection.closed or connection.broken:
+            self._reconnect(connection)
+            connection = self._connection
+        try:
+            return connection.execute(_placeholders(sql), tuple(parameters), prepare=False)
+        except psycopg.OperationalError:  # the server went away (or shut this backend)
+            if self._in_transaction():
+                raise
+        self._reconnect(connection)  # lost outside a transaction: once more, on a new one
         return self._connection.execute(_placeholders(sql), tuple(parameters), prepare=False)
+
+    def _in_transaction(self) -> bool:
+        return bool(self._transactions) and self._owner == threading.get_ident()
 
     def lock_chain(self) -> None:
         """A transaction-scoped advisory lock on the audit chain, released at commit."""
@@ -92,10 +153,31 @@ class PostgresConnection:
 
     def __enter__(self) -> PostgresConnection:
         self._lock.acquire()
-        transaction = self._connection.transaction()
-        transaction.__enter__()
+        try:
+            transaction = self._begin()
+        except BaseException:
+            self._lock.release()
+            raise
         self._transactions.append(transaction)
+        self._owner = threading.get_ident()
         return self
+
+    def _begin(self) -> Any:
+        """Open a transaction; the outermost one reconnects first if the connection is lost."""
+        connection = self._connection
+        if not self._transactions and (connection.closed or connection.broken):
+            self._reconnect(connection)
+            connection = self._connection
+        transaction = connection.transaction()
+        try:
+            transaction.__enter__()
+        except psycopg.OperationalError:
+            if self._transactions:
+                raise
+            self._reconnect(connection)  # it died unnoticed: BEGIN was its first statement
+            transaction = self._connection.transaction()
+            transaction.__enter__()
+        return transaction
 
     def __exit__(
         self,
@@ -108,6 +190,8 @@ class PostgresConnection:
         try:
             transaction.__exit__(kind, value, traceback)
         finally:
+            if not self._transactions:
+                self._owner = None
             self._lock.release()
 
     def close(self) -> None:

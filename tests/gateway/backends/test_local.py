@@ -4,10 +4,13 @@ what it cannot honour, instead of silently dropping it."""
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import httpx
 import pytest
+
+from distillguard.engine.params import LOGPROB_FLOOR
 
 from ..conftest import Harness
 
@@ -112,3 +115,36 @@ def test_an_assistant_tool_call_is_refused_by_name(harness: Harness) -> None:
     response = post(harness, CHAT, {"messages": messages})
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == "messages[1].tool_calls"
+
+
+def _strict_json(text: str) -> Any:
+    """JSON as RFC 8259 has it: NaN and infinities are not JSON."""
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_logprobs_under_top_p_are_finite_in_answers_and_streams(harness: Harness) -> None:
+    # top_p 0.001 leaves one token: every other has logprob -inf in the sampled distribution,
+    # which reached top_logprobs (a 500 after metering, invalid JSON in streams); ignore_eos
+    # keeps that one token from being end-of-sequence, which has no logprob entry
+    sampling = {"top_p": 0.001, "ignore_eos": True, "seed": 0, "max_tokens": 3}
+    chat = sampling | {"logprobs": True, "top_logprobs": 5}
+    completions = sampling | {"logprobs": 5}
+    answer = post(harness, CHAT, chat)
+    assert answer.status_code == 200, answer.text
+    content = _strict_json(answer.text)["choices"][0]["logprobs"]["content"]
+    tops = [top["logprob"] for entry in content for top in entry["top_logprobs"]]
+    assert LOGPROB_FLOOR in tops and all(LOGPROB_FLOOR <= value <= 0.0 for value in tops)
+    legacy = post(harness, COMPLETIONS, completions)
+    assert legacy.status_code == 200, legacy.text
+    alternatives = _strict_json(legacy.text)["choices"][0]["logprobs"]["top_logprobs"]
+    assert LOGPROB_FLOOR in [value for top in alternatives for value in top.values()]
+    for path, fields in ((CHAT, chat), (COMPLETIONS, completions)):
+        streamed = post(harness, path, fields | {"stream": True})
+        assert streamed.status_code == 200
+        events = [line[6:] for line in streamed.text.split("\n") if line.startswith("data: {")]
+        assert events and all(_strict_json(event) for event in events)
+        assert any(str(LOGPROB_FLOOR) in event for event in events)

@@ -14,8 +14,9 @@ from ...conftest import redis_url
 
 
 @pytest.fixture(params=["memory", "redis"])
-def make_limiter(request: pytest.FixtureRequest) -> Iterator[Callable[[], RateLimiter]]:
-    """Makes a limiter of the backend under test (Redis cases skip without a test Redis)."""
+def make_limiter(request: pytest.FixtureRequest) -> Iterator[Callable[..., RateLimiter]]:
+    """Makes a limiter of the backend under test (Redis cases skip without a test Redis);
+    `clock=` (seconds) makes it decide on that clock."""
     if request.param == "memory":
         yield MemoryRateLimiter
     else:
@@ -43,8 +44,8 @@ def _redis_limiters() -> Iterator[Callable[[], Any]]:
     prefix = f"dg:test:{secrets.token_hex(4)}:"
     made: list[RedisRateLimiter] = []
 
-    def make() -> RedisRateLimiter:
-        made.append(RedisRateLimiter(url, prefix=prefix))
+    def make(clock: Callable[[], float] | None = None, lease: float = 30.0) -> RedisRateLimiter:
+        made.append(RedisRateLimiter(url, prefix=prefix, clock=clock, lease=lease))
         return made[-1]
 
     yield make

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 
-from distillguard.gateway.ratelimit import Admission, Limits, RateLimiter, Refusal, Scope
+import pytest
+
+from distillguard.gateway.ratelimit import (
+    Admission,
+    Limits,
+    RateLimiter,
+    Refusal,
+    Scope,
+    admitted,
+)
 
 from .conftest import settled
 
@@ -78,3 +89,77 @@ def test_limiters_sharing_a_backend_admit_the_limit_once(
     assert isinstance(refusal, Refusal) and refusal.reason == "requests"
     assert 55.0 < refusal.retry_after <= 60.0
     assert refusal.snapshot.remaining_requests == 0
+
+
+async def _close(limiter: RateLimiter) -> None:
+    aclose = getattr(limiter, "aclose", None)  # a shared limiter's connection on this loop
+    if aclose is not None:
+        await aclose()
+
+
+def test_a_block_that_fails_after_admission_still_settles(
+    make_limiter: Callable[[], RateLimiter],
+) -> None:
+    """An exception after admission (an upstream's `"prompt_tokens": null` hitting `int(None)`)
+    must not keep the slot; the failed block is charged its whole reservation."""
+    limiter = make_limiter()
+    scopes = (key_scope(rpm=100, tpm=1000, concurrency=1),)
+
+    async def run() -> None:
+        for _ in range(2):
+            with pytest.raises(TypeError):
+                async with admitted(limiter, scopes, 300) as decision:
+                    assert isinstance(decision, Admission)
+                    int(None)  # type: ignore[arg-type]
+        async with admitted(limiter, scopes, 300) as again:
+            assert isinstance(again, Admission)  # the slot came back each time
+            limiter.settle(again, 100)
+        await _close(limiter)
+
+    asyncio.run(run())
+    settled(limiter)
+    snapshot = limiter.snapshot(scopes[0])
+    assert snapshot is not None and snapshot.remaining_tokens == 1000 - 300 - 300 - 100
+
+
+def test_a_cancelled_block_still_settles(make_limiter: Callable[[], RateLimiter]) -> None:
+    """A client that disconnects cancels the task holding the admission: the slot comes back."""
+    limiter = make_limiter()
+    scopes = (key_scope(rpm=100, tpm=1000, concurrency=1),)
+
+    async def run() -> Admission | Refusal:
+        entered = asyncio.Event()
+
+        async def hold() -> None:
+            async with admitted(limiter, scopes, 10):
+                entered.set()
+                await asyncio.sleep(3600)
+
+        task = asyncio.create_task(hold())
+        await entered.wait()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        async with admitted(limiter, scopes, 10) as decision:
+            pass
+        await _close(limiter)
+        return decision
+
+    assert isinstance(asyncio.run(run()), Admission)
+
+
+def test_a_refusal_needs_no_settling(make_limiter: Callable[[], RateLimiter]) -> None:
+    limiter = make_limiter()
+    scopes = (key_scope(rpm=1, tpm=1000),)
+
+    async def run() -> list[Admission | Refusal]:
+        decisions = []
+        for _ in range(2):
+            async with admitted(limiter, scopes, 10) as decision:
+                decisions.append(decision)
+        await _close(limiter)
+        return decisions
+
+    first, second = asyncio.run(run())
+    assert isinstance(first, Admission) and first.settled
+    assert isinstance(second, Refusal) and second.reason == "requests"

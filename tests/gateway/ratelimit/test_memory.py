@@ -60,6 +60,31 @@ def test_no_sliding_window_exceeds_the_limits_under_64_concurrent_clients() -> N
         assert window_tokens <= 20_000
 
 
+def test_a_daily_window_holds_at_most_a_bucket_per_minute_whatever_the_traffic() -> None:
+    """Three days at 10,000 requests a minute would be 43 million log entries; the daily
+    window keeps one bucket per minute of the window, and the minute window its own minute."""
+    clock = FakeClock()
+    limiter = MemoryRateLimiter(clock)
+    key = Scope("key:k", Limits(10**6, 10**12))
+    day = Scope("day:k", Limits(10**12, 10**12), window=86_400.0)
+    for _ in range(3 * 1440):
+        for _ in range(5):  # five a minute for three days, then 10,000 in the last minute
+            clock.now += 12.0
+            decision = limiter.admit((key, day), 100)
+            assert not isinstance(decision, Refusal)
+            limiter.settle(decision, 40)
+    for _ in range(10_000):
+        clock.now += 0.006
+        decision = limiter.admit((key, day), 100)
+        assert not isinstance(decision, Refusal)
+        limiter.settle(decision, 40)
+    buckets = limiter._logs["day:k"].window.buckets  # type: ignore[attr-defined]
+    assert len(buckets) <= 1441
+    snapshot = limiter.snapshot(day)
+    assert 1440 * 5 + 10_000 - 10 <= 10**12 - snapshot.remaining_requests <= 1441 * 5 + 10_000
+    assert 10**12 - snapshot.remaining_tokens == 40 * (10**12 - snapshot.remaining_requests)
+
+
 def test_reset_durations_use_openai_format() -> None:
     assert format_duration(0.12) == "120ms"
     assert format_duration(1.0) == "1s"

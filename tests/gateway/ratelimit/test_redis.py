@@ -7,7 +7,11 @@ uses its own key prefix.
 from __future__ import annotations
 
 import asyncio
+import gc
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,7 +25,9 @@ from distillguard.gateway.ratelimit import Admission, Limits, Refusal, Scope
 from distillguard.store import connect
 from distillguard.store.usage import read_usage
 
+from ...conftest import redis_url
 from ..conftest import make_harness
+from .conftest import settled
 
 pytest.importorskip("redis")
 
@@ -72,6 +78,107 @@ def test_no_over_admission_when_replicas_race(replicas: Callable[[], RedisRateLi
     for thread in threads:
         thread.join()
     assert len(admitted) == 37 and sum(admitted) == 3_700
+
+
+def test_a_request_held_past_its_lease_keeps_its_slot(
+    replicas: Callable[..., RedisRateLimiter],
+) -> None:
+    """A stream longer than the lease: the holder renews it every lease / 3."""
+    holder, other = replicas(lease=0.6), replicas(lease=0.6)
+    scopes = (key_scope(rpm=100, tpm=10_000, concurrency=1),)
+    held = holder.admit(scopes, 1)
+    assert isinstance(held, Admission)
+    time.sleep(1.5)  # two and a half leases
+    refused = other.admit(scopes, 1)
+    assert isinstance(refused, Refusal) and refused.reason == "concurrency"
+    holder.settle(held, 1)
+    settled(holder)
+    assert isinstance(other.admit(scopes, 1), Admission)
+
+
+_HOLDER = """
+import sys, time
+from distillguard.gateway.ratelimit import Limits, Scope
+from distillguard.gateway.ratelimit.redis import RedisRateLimiter
+
+limiter = RedisRateLimiter(sys.argv[1], prefix=sys.argv[2], lease=float(sys.argv[3]))
+held = limiter.admit((Scope("key:k1", Limits(100, 10_000, 1)),), 1)
+print(type(held).__name__, flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_killed_holders_slot_comes_back_within_its_lease(
+    replicas: Callable[..., RedisRateLimiter],
+) -> None:
+    """Another process holds the key's one slot (renewing it past its lease); killed with
+    SIGKILL, it settles nothing, and the slot comes back within the lease."""
+    other = replicas(lease=1.5)
+    scopes = (key_scope(rpm=100, tpm=10_000, concurrency=1),)
+    arguments = [redis_url(), other._prefix, "1.5"]
+    command = [sys.executable, "-c", _HOLDER, *arguments]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as holder:
+        try:
+            assert holder.stdout is not None and holder.stdout.readline().strip() == "Admission"
+            time.sleep(2.0)  # past its lease: renewed, so still held
+            refused = other.admit(scopes, 1)
+            assert isinstance(refused, Refusal) and refused.reason == "concurrency"
+        finally:
+            holder.kill()
+            holder.wait()
+    killed = time.monotonic()
+    while isinstance(decision := other.admit(scopes, 1), Refusal):
+        assert time.monotonic() - killed < 3.0, "the dead holder's slot did not come back"
+        time.sleep(0.02)
+    assert isinstance(decision, Admission)
+    assert time.monotonic() - killed <= 1.5 + 0.15
+
+
+def test_an_admission_dropped_unsettled_stops_holding_its_slot(
+    replicas: Callable[..., RedisRateLimiter],
+) -> None:
+    limiter = replicas(lease=0.6)
+    scopes = (key_scope(rpm=100, tpm=10_000, concurrency=1),)
+    assert isinstance(limiter.admit(scopes, 1), Admission)  # dropped at once, a bug's way
+    gc.collect()
+    time.sleep(0.9)
+    assert isinstance(limiter.admit(scopes, 1), Admission)
+
+
+def test_a_daily_window_keeps_bounded_state_in_redis(
+    replicas: Callable[..., RedisRateLimiter],
+) -> None:
+    """A day and a half of traffic: the daily scope keeps one hash of at most a field per
+    minute of the window, not one entry per request, and nothing stays in flight."""
+    clock = _Clock()
+    limiter = replicas(clock=clock)
+    day = Scope("day:k1", Limits(10**12, 10**12), window=86_400.0)
+    scopes = (key_scope(rpm=10_000, tpm=10**9), day)
+    for _ in range(int(1.5 * 1440 * 3)):  # three requests a minute
+        clock.now += 20.0
+        decision = limiter.admit(scopes, 100)
+        assert isinstance(decision, Admission)
+        limiter.settle(decision, 60)
+    settled(limiter)
+    client = limiter._client
+    keys = sorted(key.decode() for key in client.scan_iter(match=limiter._prefix + "*"))
+    base = limiter._prefix
+    assert keys == [f"{base}{{day:k1}}:min", f"{base}{{key:k1}}:amt", f"{base}{{key:k1}}:log"]
+    # a field per minute and per hour of the window, then _r _t _first _last
+    assert client.hlen(f"{base}{{day:k1}}:min") <= 1441 + 26 + 4
+    assert client.zcard(f"{base}{{key:k1}}:log") == 3  # the last minute's requests
+    snapshot = limiter.snapshot(day)
+    assert snapshot is not None
+    assert 1440 * 3 <= 10**12 - snapshot.remaining_requests <= 1441 * 3
+    assert (10**12 - snapshot.remaining_tokens) == 60 * (10**12 - snapshot.remaining_requests)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 2_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 def test_an_unreachable_redis_fails_closed_by_default() -> None:

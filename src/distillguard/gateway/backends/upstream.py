@@ -94,11 +94,9 @@ class UpstreamBackend:
 
     async def complete(self, job: UpstreamJob, call: Call) -> Reply:
         reply = await self.client.post(job.path, job.body)
-        usage = reply.body.get("usage") if isinstance(reply.body, dict) else None
-        if isinstance(usage, dict):
-            call.prompt_tokens = int(usage.get("prompt_tokens", call.prompt_tokens))
-            call.completion_tokens = int(usage.get("completion_tokens", 0))
-        call.texts = [[_choice_text(choice)] for choice in reply.body.get("choices", [])]
+        choices = reply.body.get("choices") if isinstance(reply.body, dict) else None
+        call.texts = [[_choice_text(choice)] for choice in _dicts(choices)]
+        _read_usage(call, reply.body.get("usage") if isinstance(reply.body, dict) else None)
         outcome = "ok" if reply.status < 400 else "upstream_rejected"
         return Reply(reply.status, outcome, reply.raw)
 
@@ -110,6 +108,7 @@ class UpstreamBackend:
         options = job.body.get("stream_options")
         options = options if isinstance(options, dict) else {}
         body = job.body | {"stream_options": options | {"include_usage": True}}
+        usage_seen = False
         async for code, line in self.client.stream(job.path, body):
             if code >= 400:
                 yield Finish(code, "upstream_rejected")
@@ -119,9 +118,14 @@ class UpstreamBackend:
                 continue
             data = line[6:]
             if data == "[DONE]":
+                if not usage_seen:  # an upstream that sent no usage chunk: count it ourselves
+                    _read_usage(call, None)
                 yield Finish(200, "ok")
-            elif not self._account(call, json.loads(data), include_usage):
-                continue  # the client did not ask for the usage chunk
+            else:
+                chunk = json.loads(data)
+                usage_seen = usage_seen or isinstance(chunk.get("usage"), dict)
+                if not self._account(call, chunk, include_usage):
+                    continue  # the client did not ask for the usage chunk
             yield line + "\n\n"
 
     @staticmethod
@@ -129,13 +133,12 @@ class UpstreamBackend:
         """Record a chunk's usage and texts in the call; False when it is not for the client."""
         usage = chunk.get("usage")
         if isinstance(usage, dict):
-            call.prompt_tokens = int(usage.get("prompt_tokens", call.prompt_tokens))
-            call.completion_tokens = int(usage.get("completion_tokens", 0))
+            _read_usage(call, usage)
             if not include_usage and not chunk.get("choices"):
                 return False
-        for choice in chunk.get("choices") or []:
-            index = int(choice.get("index", 0))
-            if 0 <= index < len(call.texts):
+        for choice in _dicts(chunk.get("choices")):
+            index = choice.get("index", 0)
+            if isinstance(index, int) and 0 <= index < len(call.texts):
                 call.texts[index].append(_choice_text(choice))
         return True
 
@@ -147,6 +150,34 @@ class UpstreamBackend:
 
     async def aclose(self) -> None:
         await self.client.close()  # pooled connections, inside the serving loop
+
+
+def _read_usage(call: Call, usage: object) -> None:
+    """The upstream's token counts where it reports them; where a count is missing, null or not
+    a count, our own: the prompt's estimate made at admission, the completion's estimated from
+    its text (`estimate_tokens`). An upstream's malformed usage never fails the call."""
+    reported = usage if isinstance(usage, dict) else {}
+    prompt_tokens = _count(reported.get("prompt_tokens"))
+    if prompt_tokens is not None:
+        call.prompt_tokens = prompt_tokens
+    completion_tokens = _count(reported.get("completion_tokens"))
+    if completion_tokens is not None:
+        call.completion_tokens = completion_tokens
+    else:
+        text = "".join("".join(parts) for parts in call.texts)
+        call.completion_tokens = estimate_tokens(text) if text else 0
+
+
+def _count(value: object) -> int | None:
+    """A token count as JSON gives it (a non-negative integer), or None."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None
+
+
+def _dicts(items: object) -> list[dict[str, Any]]:
+    """The objects of a JSON list (an upstream's `choices`), skipping anything else."""
+    return [item for item in items if isinstance(item, dict)] if isinstance(items, list) else []
 
 
 def _choice_text(choice: dict[str, Any]) -> str:

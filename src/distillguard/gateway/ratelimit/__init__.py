@@ -1,4 +1,8 @@
-"""Rate limits by requests and tokens, exact over any window: one interface, two backends.
+"""Rate limits by requests and tokens over sliding windows: one interface, two backends.
+
+Minute windows are exact; windows of an hour or more count per minute (bounded memory, at
+most one minute's worth strict at the edge, never loose). `admitted(limiter, scopes, tokens)`
+holds an admission for a block and settles it on every way out.
 
 `limiter_from_url(None)` is the memory limiter (one process); ``redis://``, ``rediss://`` or
 ``unix://`` the Redis one that several replicas share.
@@ -15,6 +19,7 @@ from distillguard.gateway.ratelimit.base import (
     Refusal,
     Scope,
     Snapshot,
+    admitted,
     format_duration,
 )
 from distillguard.gateway.ratelimit.memory import MemoryRateLimiter
@@ -28,6 +33,7 @@ __all__ = [
     "Refusal",
     "Scope",
     "Snapshot",
+    "admitted",
     "format_duration",
     "limiter_from_url",
 ]

@@ -1,21 +1,22 @@
-"""The rate limiter's Redis backend: exact sliding-window limits shared by every replica.
+"""The rate limiter's Redis backend: the memory backend's windows, shared by every replica.
 
-The same rule as the memory backend (`gateway/ratelimit/memory.py`), kept in Redis so that several
-gateway processes, on one machine or many, admit against one log. Each scope has three keys:
+The same rules as the memory backend (`gateway/ratelimit/memory.py`), kept in Redis so that
+several gateway processes, on one machine or many, admit against one count. The keys and the
+Lua scripts that keep them are in `ratelimit/lua.py`; admission, settlement, lease renewal and
+snapshots are each one script, run atomically by Redis, reading the time with Redis `TIME`: no
+replica's clock takes part, and no two decisions interleave.
 
-    dg:rl:{scope}:log   sorted set, admission id -> admission time (ms, Redis clock)
-    dg:rl:{scope}:amt   hash, admission id -> tokens reserved (then used); field _total = sum
-    dg:rl:{scope}:fly   sorted set, admission id -> start time, for requests still in flight
-
-Admission, settlement and snapshots are each one Lua script, run atomically by Redis, reading
-the time with Redis `TIME`: no replica's clock takes part, and no two decisions interleave.
 The gateway awaits admission on one pipelining asyncio connection (`ratelimit/resp.py`; the event
 loop serves other requests meanwhile) and queues each settlement on that same connection
 without waiting for its reply; settlements made outside the event loop go to a background
 thread that sends them in pipelined batches. The request path never waits for a settlement.
-A late settlement only holds tokens a little longer: stricter, never looser. A replica
-killed mid-request leaves its reservation to age out of the window and its in-flight entry
-to expire after `lease` seconds.
+A late settlement only holds tokens a little longer: stricter, never looser.
+
+In-flight slots are leases (`lease`, 30 s): a background thread renews the lease of every
+admission not yet settled every lease / 3, so a stream longer than the lease keeps its slot,
+and a replica killed mid-request gives its slots back within `lease` seconds (its tokens stay
+reserved until they leave the window). An admission dropped unsettled (a bug) stops being
+renewed once it is garbage, and its slot comes back the same way.
 
 When Redis cannot be reached the limiter fails closed (raises `LimiterUnavailable`, which the
 gateway answers with 503) or, if so configured, open (admits, uncounted); either way it counts
@@ -25,15 +26,17 @@ the event (`unavailable`) and logs one line at most every 10 seconds.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import queue
 import secrets
 import threading
 import time
+import weakref
+from collections.abc import Callable
 from typing import Any
 
 from distillguard.errors import ConfigError, LimiterUnavailable
+from distillguard.gateway.ratelimit import lua
 from distillguard.gateway.ratelimit.base import Admission, Refusal, Scope, Snapshot
 from distillguard.gateway.ratelimit.resp import PipelinedRedis
 from distillguard.store.base import describe
@@ -50,137 +53,13 @@ __all__ = ["RedisRateLimiter"]
 
 log = logging.getLogger("distillguard.ratelimit")
 
-# Shared by the scripts: drop the scope's entries older than the window (and their tokens),
-# and in-flight entries older than the lease. Old ids are read in slices: unpack() of a long
-# list would overflow Lua's stack.
-_EVICT = """
-local function evict(log_key, amt_key, fly_key, now, window, lease)
-  local horizon = now - window
-  while true do
-    local old = redis.call('ZRANGEBYSCORE', log_key, '-inf', horizon, 'LIMIT', 0, 1000)
-    if #old == 0 then break end
-    local amounts = redis.call('HMGET', amt_key, unpack(old))
-    local freed = 0
-    for j = 1, #amounts do freed = freed + (tonumber(amounts[j]) or 0) end
-    redis.call('ZREM', log_key, unpack(old))
-    redis.call('HDEL', amt_key, unpack(old))
-    redis.call('HINCRBY', amt_key, '_total', -freed)
-  end
-  redis.call('ZREMRANGEBYSCORE', fly_key, '-inf', now - lease)
-end
-
-local function clock()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-end
-
-local function snapshot(log_key, amt_key, now, window)
-  local count = redis.call('ZCARD', log_key)
-  local total = tonumber(redis.call('HGET', amt_key, '_total') or '0')
-  local reset = 0
-  if count > 0 then
-    local oldest = redis.call('ZRANGE', log_key, 0, 0, 'WITHSCORES')
-    reset = tonumber(oldest[2]) + window - now
-  end
-  return {count, total, tostring(reset)}
-end
-"""
-
-# KEYS: (log, amt, fly) per scope. ARGV: id, tokens, lease_ms, then per scope
-# window_ms, requests_per_minute, tokens_per_minute, concurrency (-1: none).
-# Returns {1, snapshot} or {0, reason, scope index, retry_ms, snapshot}; snapshot = the first
-# scope's {requests in window, tokens in window, ms until the oldest leaves}.
-_ADMIT = (
-    _EVICT
-    + """
-local id, tokens, lease = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local now = clock()
-local scopes = #KEYS / 3
-for i = 0, scopes - 1 do
-  local log_key, amt_key, fly_key = KEYS[3 * i + 1], KEYS[3 * i + 2], KEYS[3 * i + 3]
-  local base = 4 + 4 * i
-  local window, rpm = tonumber(ARGV[base]), tonumber(ARGV[base + 1])
-  local tpm, concurrency = tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3])
-  evict(log_key, amt_key, fly_key, now, window, lease)
-  local refusal = nil
-  local retry = 0
-  local count = redis.call('ZCARD', log_key)
-  local total = tonumber(redis.call('HGET', amt_key, '_total') or '0')
-  if concurrency >= 0 and redis.call('ZCARD', fly_key) >= concurrency then
-    refusal, retry = 'concurrency', 1000
-  elseif count + 1 > rpm then
-    local oldest = redis.call('ZRANGE', log_key, 0, 0, 'WITHSCORES')
-    refusal, retry = 'requests', tonumber(oldest[2]) + window - now
-  elseif tokens > tpm then
-    refusal, retry = 'tokens', window
-  elseif total + tokens > tpm then
-    -- wait until enough old reservations leave the window
-    refusal, retry = 'tokens', window
-    local needed = total + tokens - tpm
-    local freed = 0
-    local entries = redis.call('ZRANGE', log_key, 0, -1, 'WITHSCORES')
-    for j = 1, #entries, 2 do
-      freed = freed + (tonumber(redis.call('HGET', amt_key, entries[j])) or 0)
-      if freed >= needed then
-        retry = tonumber(entries[j + 1]) + window - now
-        break
-      end
-    end
-  end
-  if refusal then
-    local first = snapshot(KEYS[1], KEYS[2], now, tonumber(ARGV[4]))
-    return {0, refusal, i, tostring(retry), first}
-  end
-end
-for i = 0, scopes - 1 do
-  local log_key, amt_key, fly_key = KEYS[3 * i + 1], KEYS[3 * i + 2], KEYS[3 * i + 3]
-  local window = tonumber(ARGV[4 + 4 * i])
-  redis.call('ZADD', log_key, now, id)
-  redis.call('HSET', amt_key, id, tokens)
-  redis.call('HINCRBY', amt_key, '_total', tokens)
-  redis.call('ZADD', fly_key, now, id)
-  local ttl = math.ceil(math.max(window, lease)) + 1000
-  redis.call('PEXPIRE', log_key, ttl)
-  redis.call('PEXPIRE', amt_key, ttl)
-  redis.call('PEXPIRE', fly_key, ttl)
-end
-return {1, snapshot(KEYS[1], KEYS[2], now, tonumber(ARGV[4]))}
-"""
-)
-
-# KEYS: (log, amt, fly) per scope. ARGV: id, used tokens. Replace the reservation by what was
-# used (an entry already out of the window has nothing left to refund) and end in-flight.
-_SETTLE = """
-local id, used = ARGV[1], tonumber(ARGV[2])
-for i = 0, #KEYS / 3 - 1 do
-  local amt_key, fly_key = KEYS[3 * i + 2], KEYS[3 * i + 3]
-  local reserved = tonumber(redis.call('HGET', amt_key, id) or '-1')
-  if reserved > used then
-    redis.call('HSET', amt_key, id, used)
-    redis.call('HINCRBY', amt_key, '_total', used - reserved)
-  end
-  redis.call('ZREM', fly_key, id)
-end
-return 1
-"""
-
-# KEYS: one scope's (log, amt, fly). ARGV: window_ms, lease_ms.
-_SNAPSHOT = (
-    _EVICT
-    + """
-local now = clock()
-evict(KEYS[1], KEYS[2], KEYS[3], now, tonumber(ARGV[1]), tonumber(ARGV[2]))
-return snapshot(KEYS[1], KEYS[2], now, tonumber(ARGV[1]))
-"""
-)
-
-
-_ADMIT_SHA = hashlib.sha1(_ADMIT.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
-_SETTLE_SHA = hashlib.sha1(_SETTLE.encode()).hexdigest()  # noqa: S324
+_BATCH = 256  # scripts per pipelined round trip (settlements, renewals)
 
 
 class RedisRateLimiter:
-    """Exact sliding-window limits in Redis, shared by every gateway process that uses it."""
+    """Sliding-window limits in Redis, shared by every gateway process that uses it.
+
+    `clock` (seconds) is for tests only: decide on it instead of Redis's clock."""
 
     def __init__(
         self,
@@ -188,36 +67,45 @@ class RedisRateLimiter:
         *,
         prefix: str = "dg:rl:",
         fail_open: bool = False,
-        lease: float = 600.0,
+        lease: float = 30.0,
         timeout: float = 0.5,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.url = url
         self.fail_open = fail_open
+        self.lease = lease
         self.unavailable = 0  # decisions taken without Redis (refused or, open, admitted)
         self._prefix = prefix
         self._lease_ms = lease * 1000.0
+        self._clock = clock
         self._client = redis.Redis.from_url(
             url,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 0),
         )
-        self._admit = self._client.register_script(_ADMIT)
-        self._settle = self._client.register_script(_SETTLE)
-        self._snapshot = self._client.register_script(_SNAPSHOT)
+        self._admit = self._client.register_script(lua.ADMIT)
+        self._settle = self._client.register_script(lua.SETTLE)
+        self._renew = self._client.register_script(lua.RENEW)
+        self._snapshot = self._client.register_script(lua.SNAPSHOT)
         self._timeout = timeout
         self._async: tuple[asyncio.AbstractEventLoop, Any] | None = None  # loop, its connection
         self._lock = threading.Lock()
         self._last_warning = 0.0
+        # admissions not yet settled, by id: their leases are renewed while they live
+        self._held: weakref.WeakValueDictionary[str, Admission] = weakref.WeakValueDictionary()
         self._settlements: queue.SimpleQueue[tuple[list[str], list[Any]] | None] = (
             queue.SimpleQueue()
         )
         self._pending = 0
         self._settled = threading.Condition()
-        self._settler = threading.Thread(
-            target=self._settle_loop, name="distillguard-settle", daemon=True
-        )
-        self._settler.start()
+        self._stopping = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._settle_loop, name="distillguard-settle", daemon=True),
+            threading.Thread(target=self._renew_loop, name="distillguard-renew", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def ping(self) -> None:
         """Raise ConfigError if Redis does not answer (checked once at start)."""
@@ -233,7 +121,7 @@ class RedisRateLimiter:
             reply = self._admit(keys=keys, args=arguments)
         except redis.RedisError as exc:
             return self._without_redis(scopes, tokens, exc)
-        return _decision(scopes, tokens, admission_id, reply)
+        return self._decision(scopes, tokens, admission_id, reply)
 
     async def admit_async(self, scopes: tuple[Scope, ...], tokens: int) -> Admission | Refusal:
         admission_id, keys, arguments = self._admit_call(scopes, tokens)
@@ -241,20 +129,20 @@ class RedisRateLimiter:
             reply = await self._async_admit(keys, arguments)
         except (redis.RedisError, OSError) as exc:
             return self._without_redis(scopes, tokens, exc)
-        return _decision(scopes, tokens, admission_id, reply)
+        return self._decision(scopes, tokens, admission_id, reply)
 
     def _admit_call(
         self, scopes: tuple[Scope, ...], tokens: int
     ) -> tuple[str, list[str], list[Any]]:
         admission_id = secrets.token_hex(8)
         keys: list[str] = []
-        arguments: list[Any] = [admission_id, int(tokens), self._lease_ms]
+        arguments: list[Any] = [admission_id, int(tokens), self._lease_ms, self._now()]
         for scope in scopes:
             keys += self._keys(scope)
             limits = scope.limits
             concurrency = -1 if limits.concurrency is None else limits.concurrency
             arguments += [
-                scope.window * 1000.0,
+                *_mode(scope),
                 limits.requests_per_minute,
                 limits.tokens_per_minute,
                 concurrency,
@@ -278,8 +166,28 @@ class RedisRateLimiter:
             self._async = (loop, connection)
         connection = self._async[1]
         if isinstance(connection, PipelinedRedis):
-            return await connection.evalsha(_ADMIT_SHA, _ADMIT, keys, arguments)
-        return await connection.evalsha(_ADMIT_SHA, len(keys), *keys, *arguments)
+            return await connection.evalsha(lua.ADMIT_SHA, lua.ADMIT, keys, arguments)
+        return await connection.evalsha(lua.ADMIT_SHA, len(keys), *keys, *arguments)
+
+    def _decision(
+        self, scopes: tuple[Scope, ...], tokens: int, admission_id: str, reply: list[Any]
+    ) -> Admission | Refusal:
+        if int(reply[0]) == 1:
+            admission = Admission(
+                scopes,
+                tokens,
+                [],
+                _snapshot(scopes[0], reply[1]),
+                token=admission_id,
+                minute=int(reply[2]),
+            )
+            with self._lock:
+                self._held[admission_id] = admission
+            return admission
+        reason = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
+        scope = scopes[int(reply[2])]
+        snapshot = _snapshot(scopes[0], reply[4])
+        return Refusal(reason, scope.name, float(reply[3]) / 1000.0, snapshot)
 
     def settle(self, admission: Admission, used_tokens: int) -> None:
         if admission.settled:
@@ -287,13 +195,19 @@ class RedisRateLimiter:
         admission.settled = True
         if admission.token is None:  # admitted while Redis was unavailable (fail open)
             return
+        with self._lock:
+            self._held.pop(admission.token, None)
         used = min(max(used_tokens, 0), admission.tokens)
-        keys = [key for scope in admission.scopes for key in self._keys(scope)]
-        if self._send_on_loop(keys, [admission.token, used]):
+        keys: list[str] = []
+        arguments: list[Any] = [admission.token, used, admission.tokens, admission.minute]
+        for scope in admission.scopes:
+            keys += self._keys(scope)
+            arguments += _mode(scope)
+        if self._send_on_loop(keys, arguments):
             return
         with self._settled:
             self._pending += 1
-        self._settlements.put((keys, [admission.token, used]))
+        self._settlements.put((keys, arguments))
 
     def _send_on_loop(self, keys: list[str], arguments: list[Any]) -> bool:
         """From the event loop that admits: queue the settlement on its pipelined connection
@@ -305,7 +219,7 @@ class RedisRateLimiter:
                 return False
         except RuntimeError:
             return False
-        return self._async[1].send_script(_SETTLE_SHA, _SETTLE, keys, arguments)
+        return self._async[1].send_script(lua.SETTLE_SHA, lua.SETTLE, keys, arguments)
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every settlement handed over so far has reached Redis (or failed)."""
@@ -319,7 +233,7 @@ class RedisRateLimiter:
             batch = []
             while item is not None:
                 batch.append(item)
-                if len(batch) >= 256:
+                if len(batch) >= _BATCH:
                     break
                 try:
                     item = self._settlements.get_nowait()
@@ -341,11 +255,31 @@ class RedisRateLimiter:
                 self._pending -= len(batch)
                 self._settled.notify_all()
 
+    def renew(self) -> int:
+        """Extend the in-flight lease of every admission not yet settled (the background
+        thread calls this every lease / 3); how many it renewed."""
+        with self._lock:
+            held = [(token, admission.scopes) for token, admission in self._held.items()]
+        for start in range(0, len(held), _BATCH):
+            try:
+                pipe = self._client.pipeline(transaction=False)
+                for token, scopes in held[start : start + _BATCH]:
+                    keys = [self._keys(scope)[-1] for scope in scopes]
+                    arguments: list[Any] = [token, self._lease_ms, self._now()]
+                    self._renew(keys=keys, args=arguments, client=pipe)
+                pipe.execute()
+            except redis.RedisError as exc:
+                self._warn("renew", exc)  # the next round tries again, within the lease
+                return 0
+        return len(held)
+
+    def _renew_loop(self) -> None:
+        while not self._stopping.wait(self.lease / 3):
+            self.renew()
+
     def snapshot(self, scope: Scope) -> Snapshot | None:
         try:
-            reply = self._snapshot(
-                keys=self._keys(scope), args=[scope.window * 1000.0, self._lease_ms]
-            )
+            reply = self._snapshot(keys=self._keys(scope), args=[self._now(), *_mode(scope)])
         except redis.RedisError:
             return None
         return _snapshot(scope, reply)
@@ -358,17 +292,25 @@ class RedisRateLimiter:
             await client.aclose()
 
     def close(self) -> None:
-        """Send the pending settlements and close the blocking connections."""
+        """Send the pending settlements, stop renewing, and close the blocking connections."""
+        self._stopping.set()
         self._settlements.put(None)
-        self._settler.join(timeout=10)
+        for thread in self._threads:
+            thread.join(timeout=10)
         self._client.close()
 
     # -- internals ------------------------------------------------------------------------------
 
     def _keys(self, scope: Scope) -> list[str]:
-        # {braces}: a scope's three keys hash to one Redis Cluster slot
+        """The scope's state keys, then its in-flight key (`ratelimit/lua.py`). {Braces}: a
+        scope's keys hash to one Redis Cluster slot."""
         base = f"{self._prefix}{{{scope.name}}}"
-        return [base + ":log", base + ":amt", base + ":fly"]
+        state = [base + ":min"] if scope.bucketed else [base + ":log", base + ":amt"]
+        return [*state, base + ":fly"]
+
+    def _now(self) -> float | str:
+        """The time the scripts decide at: Redis's own ('') unless a test gave a clock."""
+        return "" if self._clock is None else self._clock() * 1000.0
 
     def _without_redis(
         self, scopes: tuple[Scope, ...], tokens: int, error: Exception
@@ -401,14 +343,10 @@ class RedisRateLimiter:
         )
 
 
-def _decision(
-    scopes: tuple[Scope, ...], tokens: int, admission_id: str, reply: list[Any]
-) -> Admission | Refusal:
-    if int(reply[0]) == 1:
-        return Admission(scopes, tokens, [], _snapshot(scopes[0], reply[1]), token=admission_id)
-    reason = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
-    scope = scopes[int(reply[2])]
-    return Refusal(reason, scope.name, float(reply[3]) / 1000.0, _snapshot(scopes[0], reply[4]))
+def _mode(scope: Scope) -> list[Any]:
+    """A scope's first script arguments: how its window counts ('m': per minute, 'e':
+    exactly) and its length in ms."""
+    return ["m" if scope.bucketed else "e", scope.window * 1000.0]
 
 
 def _snapshot(scope: Scope, reply: list[Any]) -> Snapshot:

@@ -103,6 +103,8 @@ class PipelinedRedis:
         return True
 
     async def aclose(self) -> None:
+        """Send what is queued (settlements sent without waiting), then close."""
+        self._flush()
         writer = self._writer
         self._fail(redis.ConnectionError("connection closed"))
         if writer is not None:
