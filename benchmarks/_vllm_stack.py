@@ -96,7 +96,7 @@ class VllmStack:
             )
         self._start(
             [
-                *(*cli, "serve", "--port", str(gateway_port), "--no-monitor"),
+                *(*cli, "serve", "--port", str(gateway_port), "--no-monitor", "--admin-port", "0"),
                 *("--upstream", self.vllm_url, "--upstream-kind", "vllm"),
                 *("--upstream-tokenizer", str(EMBEDDED_MODEL_DIR)),
             ],

@@ -171,6 +171,8 @@ def main() -> None:
                     "serve",
                     "--port",
                     str(ours_port),
+                    "--admin-port",
+                    "0",
                     "--upstream",
                     mock,
                     *(

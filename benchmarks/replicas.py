@@ -173,6 +173,8 @@ class Stack:
             "serve",
             "--port",
             str(port),
+            "--admin-port",
+            "0",
             *arguments,
         ]
         if redis:

@@ -12,6 +12,7 @@ PUBLIC = {
         "AuditChainError",
         "AuditUnavailable",
         "AuthenticationError",
+        "ClientDisconnected",
         "ConfigError",
         "ContextLengthError",
         "DistillGuardError",

@@ -19,6 +19,7 @@ OpenAI-format error bodies. The hierarchy::
     ├── AuthenticationError           an API key that is missing, unknown or revoked
     ├── ApiError                      an answer for an HTTP client, in OpenAI's error format
     ├── UpstreamError                 the upstream server could not be reached or broke off
+    ├── ClientDisconnected            the client left before its answer was ready
     ├── ServiceUnavailableError       a shared service (Redis, PostgreSQL) cannot be reached
     │   ├── LimiterUnavailable        the shared rate limiter cannot decide an admission
     │   └── AuditUnavailable          the audit log cannot make a record safe in time
@@ -32,6 +33,7 @@ __all__ = [
     "AuditChainError",
     "AuditUnavailable",
     "AuthenticationError",
+    "ClientDisconnected",
     "ConfigError",
     "ContextLengthError",
     "DistillGuardError",
@@ -131,6 +133,10 @@ class JournalLineForged(AuditChainError):
 
 class AuditUnavailable(ServiceUnavailableError):
     """The audit log cannot make a record safe (journaled, or committed) in time."""
+
+
+class ClientDisconnected(DistillGuardError):
+    """The client left before its answer was ready: its generation was cancelled."""
 
 
 class AuthenticationError(DistillGuardError):

@@ -27,7 +27,7 @@ def test_accounts_reads_the_gateway_admin_api_and_pins_tiers(
     gateway, audit, _, key_id = monitored_gateway(tmp_path, monitor, token, rpm=60, tpm=100_000)
     for index in range(15):
         monitor.process(event(30.0 * index, f"Think step by step about {index}.", account=key_id))
-    server, thread, url = run_app(gateway.app)
+    server, thread, url = run_app(gateway.admin.app())
     base = url.removesuffix("/v1")
     try:
         monkeypatch.delenv("DISTILLGUARD_ADMIN_TOKEN", raising=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -190,3 +191,133 @@ def test_a_stream_whose_client_left_before_it_started_frees_the_slot(tmp_path: P
     asyncio.run(leave())
     assert [response.status_code for response in _send(proxy, 1)] == [200]
     proxy.audit.close()
+
+
+def _raw_request(
+    proxy: Proxy, body: bytes, *, disconnect_after: float | None
+) -> list[dict[str, Any]]:
+    """One request straight through the ASGI app: the body, then (after `disconnect_after`
+    seconds) the client's disconnect; the messages the app sent back."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/completions",
+        "raw_path": b"/v1/completions",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"authorization", f"Bearer {proxy.key}".encode())],
+        "client": ("127.0.0.1", 1),
+        "server": ("gateway", 80),
+    }
+    sent: list[dict[str, Any]] = []
+    messages = 0
+
+    async def receive() -> dict[str, Any]:
+        nonlocal messages
+        messages += 1
+        if messages == 1:
+            return {"type": "http.request", "body": body, "more_body": False}
+        if disconnect_after is None:
+            await asyncio.Event().wait()
+        await asyncio.sleep(disconnect_after or 0)
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def run() -> None:
+        await asyncio.wait_for(proxy.gateway.app(scope, receive, send), timeout=10)
+
+    asyncio.run(run())
+    return sent
+
+
+class SlowUpstream(ScriptedUpstream):
+    """An upstream that takes 30 s to answer, and notes when its request is cancelled."""
+
+    cancelled = False
+
+    async def post(self, path: str, body: dict[str, Any]) -> UpstreamReply:
+        if not SlowUpstream.cancelled:  # the first request only
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                SlowUpstream.cancelled = True
+                raise
+        return await super().post(path, body)
+
+
+def test_a_client_that_leaves_cancels_its_upstream_request_and_is_recorded(
+    tmp_path: Path,
+) -> None:
+    proxy = upstream_gateway(tmp_path, SlowUpstream(NULL_USAGE))
+    body = json.dumps({"model": MOCK_MODEL, "prompt": "hi", "max_tokens": 16}).encode()
+    sent = _raw_request(proxy, body, disconnect_after=0.2)  # before: waited out the 30 s
+    assert SlowUpstream.cancelled
+    assert sent[0]["status"] == 499
+    assert proxy.audit.flush()
+    (row,) = read_usage(connect(tmp_path))
+    assert (row.status, row.outcome, row.completion_tokens) == (499, "client_disconnected", 0)
+    assert [response.status_code for response in _send(proxy, 1)] == [200]  # slot given back
+    proxy.audit.close()
+
+
+def test_a_stream_whose_client_left_before_it_started_is_recorded(tmp_path: Path) -> None:
+    proxy = upstream_gateway(tmp_path, ScriptedUpstream(NULL_USAGE))
+    body = json.dumps({"model": MOCK_MODEL, "prompt": "hi", "stream": True}).encode()
+
+    async def gone(message: dict[str, Any]) -> None:
+        raise OSError("the client closed the connection")
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/completions",
+        "raw_path": b"/v1/completions",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"authorization", f"Bearer {proxy.key}".encode())],
+        "client": ("127.0.0.1", 1),
+        "server": ("gateway", 80),
+    }
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def leave() -> None:
+        with contextlib.suppress(Exception):
+            await proxy.gateway.app(scope, receive, gone)
+
+    asyncio.run(leave())
+    assert proxy.audit.flush()
+    (row,) = read_usage(connect(tmp_path))  # before: no row at all
+    assert (row.status, row.outcome) == (499, "client_disconnected")
+    proxy.audit.close()
+
+
+def test_a_key_refused_on_requests_is_refused_before_its_body_is_read(tmp_path: Path) -> None:
+    """Refusals cost the client nothing, so they must cost the server little: once a key is
+    out of requests, its next ones are refused without reading, rendering or tokenizing."""
+    connection = connect(tmp_path, shared=True)
+    key, _ = create_api_key(connection, "acme", rpm=2, tpm=100_000)
+    audit = AuditLog(lambda: connect(tmp_path))
+    gateway = Gateway(
+        UpstreamBackend(ScriptedUpstream(NULL_USAGE), (MOCK_MODEL,)), KeyStore(connection), audit
+    )
+    proxy = Proxy(gateway, audit, key, Scope("unused", Limits(2, 100_000)))
+    assert [response.status_code for response in _send(proxy, 3)] == [200, 200, 429]
+    sent = _raw_request(proxy, b"{not json at all" + b"x" * 100_000, disconnect_after=None)
+    assert sent[0]["status"] == 429  # before: 400, after reading and parsing the body
+    assert audit.flush()
+    rows = read_usage(connect(tmp_path))
+    assert [row.status for row in rows] == [200, 200, 429, 429]
+    refused = rows[2]
+    assert refused.prompt_text == ""  # a refused request's text is not kept: its hash is
+    assert refused.parameters["prompt_sha256"] == hashlib.sha256(b"hello there").hexdigest()
+    audit.close()

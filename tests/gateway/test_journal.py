@@ -109,9 +109,13 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _serve(home: Path, port: int, mock: str) -> subprocess.Popen[bytes]:
+def _serve(
+    home: Path, port: int, mock: str, admin_port: int = 0, admin_token: str | None = None
+) -> subprocess.Popen[bytes]:
     environment = os.environ | {"PYTHONUNBUFFERED": "1"}
     environment.pop("DISTILLGUARD_ADMIN_TOKEN", None)
+    if admin_token is not None:
+        environment["DISTILLGUARD_ADMIN_TOKEN"] = admin_token
     process = subprocess.Popen(
         [
             sys.executable,
@@ -125,6 +129,8 @@ def _serve(home: Path, port: int, mock: str) -> subprocess.Popen[bytes]:
             "--upstream",
             mock,
             "--no-monitor",
+            "--admin-port",
+            str(admin_port),
         ],
         env=environment,
         stdout=subprocess.DEVNULL,
@@ -200,3 +206,52 @@ def test_serve_killed_while_its_database_is_locked_loses_no_answered_request(
 
 def stat_mode(path: Path) -> int:
     return path.stat().st_mode & 0o777
+
+
+def test_serve_puts_the_admin_api_on_its_own_listener(tmp_path: Path, mock_url: str) -> None:
+    prepare_home(tmp_path)
+    port, admin_port = _free_port(), _free_port()
+    token = "admin-token-0123456789-abcdef"
+    gateway = _serve(tmp_path, port, mock_url, admin_port=admin_port, admin_token=token)
+    try:
+        headers = {"authorization": f"Bearer {token}"}
+        public = httpx.get(f"http://127.0.0.1:{port}/v1/admin/accounts", headers=headers)
+        assert public.status_code == 404  # before: the admin API answered on the public port
+        admin = httpx.get(f"http://127.0.0.1:{admin_port}/v1/admin/accounts", headers=headers)
+        assert admin.status_code == 404 and admin.json()["error"]["code"] == "monitor_off"
+        wrong = httpx.get(f"http://127.0.0.1:{admin_port}/v1/admin/accounts")
+        assert wrong.status_code == 401
+    finally:
+        gateway.send_signal(signal.SIGINT)
+        _, errors = gateway.communicate(timeout=60)
+    assert gateway.returncode == 0 and b"Traceback" not in errors, errors.decode()[-2000:]
+
+
+def test_a_taken_admin_port_is_one_line_error(tmp_path: Path, mock_url: str) -> None:
+    prepare_home(tmp_path)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        admin_port = taken.getsockname()[1]
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "distillguard",
+                "--home",
+                str(tmp_path),
+                "serve",
+                "--port",
+                str(_free_port()),
+                "--upstream",
+                mock_url,
+                "--no-monitor",
+                "--admin-port",
+                str(admin_port),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr and f"127.0.0.1:{admin_port}" in result.stderr

@@ -13,6 +13,7 @@ import pytest
 
 from distillguard.errors import ConfigError
 from distillguard.experiments.simulate import MODEL
+from distillguard.gateway.admin import MAX_FAILURES, FailedAttempts
 from distillguard.gateway.app import Gateway
 from distillguard.gateway.policy import DEFAULT_TIERS, load_policy
 from distillguard.monitor.events import MonitorEvent
@@ -50,8 +51,10 @@ def call(
     token: str | None,
     body: dict[str, Any] | None = None,
 ) -> httpx.Response:
+    app = gateway.admin.app() if path.startswith("/v1/admin") else gateway.app
+
     async def go() -> httpx.Response:
-        transport = httpx.ASGITransport(app=gateway.app)
+        transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
             headers = {"authorization": f"Bearer {token}"} if token else {}
             return await client.request(method, path, json=body, headers=headers)
@@ -203,3 +206,35 @@ def test_a_throttled_key_cannot_get_the_upstream_maximum_by_omitting_max_tokens(
     cap = DEFAULT_TIERS["throttle"].max_tokens
     assert cap is not None and response.json()["usage"]["completion_tokens"] <= cap
     assert seen[0].max_tokens == cap
+
+
+def test_the_admin_api_is_not_on_the_public_listener(setup: Setup) -> None:
+    async def go() -> httpx.Response:
+        transport = httpx.ASGITransport(app=setup.gateway.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+            headers = {"authorization": f"Bearer {ADMIN}"}
+            return await client.get("/v1/admin/accounts", headers=headers)
+
+    response = asyncio.run(go())
+    assert response.status_code == 404  # before: served to anyone who reached the public port
+    assert "error" in response.json()
+
+
+def test_failed_admin_attempts_are_limited_per_address(setup: Setup) -> None:
+    for _ in range(MAX_FAILURES):
+        assert call(setup.gateway, "GET", "/v1/admin/accounts", token="guess").status_code == 401
+    refused = call(setup.gateway, "GET", "/v1/admin/accounts", token=ADMIN)
+    assert refused.status_code == 429  # even the right token, until the failures age out
+    assert refused.json()["error"]["code"] == "admin_attempts_exceeded"
+    assert int(refused.headers["retry-after"]) > 0
+
+
+def test_failures_age_out_of_their_window() -> None:
+    now = [0.0]
+    attempts = FailedAttempts(limit=3, window=10.0, clock=lambda: now[0])
+    for _ in range(3):
+        attempts.failed("10.0.0.1")
+    assert attempts.retry_after("10.0.0.1") == 10.0
+    assert attempts.retry_after("10.0.0.2") == 0.0  # per address
+    now[0] = 10.5
+    assert attempts.retry_after("10.0.0.1") == 0.0

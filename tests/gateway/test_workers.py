@@ -69,6 +69,8 @@ def test_a_worker_killed_under_load_loses_no_answered_request(
             "serve",
             "--port",
             str(port),
+            "--admin-port",
+            "0",
             "--upstream",
             mock,
             "--workers",

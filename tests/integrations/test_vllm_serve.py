@@ -106,7 +106,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory, master_secret: str) -> Itera
         servers.append(
             subprocess.Popen(
                 [
-                    *(*cli, "serve", "--port", str(gateway_port), "--no-monitor"),
+                    *(
+                        *cli,
+                        "serve",
+                        "--port",
+                        str(gateway_port),
+                        "--no-monitor",
+                        "--admin-port",
+                        "0",
+                    ),
                     *("--upstream", vllm_url, "--upstream-kind", "vllm"),
                     *("--upstream-tokenizer", str(EMBEDDED_MODEL_DIR)),
                 ],

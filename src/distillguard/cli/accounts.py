@@ -24,9 +24,9 @@ class _AccountsState:
 @click.option(
     "--url",
     envvar="DISTILLGUARD_URL",
-    default="http://127.0.0.1:8000",
+    default="http://127.0.0.1:8001",
     show_default=True,
-    help="The running gateway (or $DISTILLGUARD_URL).",
+    help="The running gateway's admin listener (or $DISTILLGUARD_URL).",
 )
 @click.option("--tier", default=None, help="Only accounts in this tier.")
 @click.option("--all", "show_all", is_flag=True, help="Include accounts in the normal tier.")

@@ -152,6 +152,47 @@ def audit_purge_text(state: State, older_than_days: float) -> None:
     click.echo(f"removed the text of {removed} usage rows created before {stamp}")
 
 
+@audit.command("replay")
+@click.pass_obj
+def audit_replay(state: State) -> None:
+    """Retry the records the database refused (the dead-letter file beside the journal).
+
+    A record the database refused while it worked (a constraint, a value its types cannot
+    store) is kept in <journal>/dead-letter/ rather than lost. What the database now takes is
+    appended to the audit chain; what it still refuses stays, and is listed with the reason.
+    Exits 1 while any record remains, or when a line's MAC does not verify (a forged line is
+    never replayed).
+    """
+    from distillguard.gateway.server import journal_directory
+    from distillguard.keys import load_master_secret
+    from distillguard.keys.derive import journal_key
+    from distillguard.store.deadletter import replay
+    from distillguard.store.integrity import current_chain_key
+
+    master = load_master_secret(state.home)
+    with closing(state.connect()) as connection:
+        result = replay(
+            journal_directory(state.home, state.database),
+            journal_key(master),
+            connection,
+            current_chain_key(master),
+        )
+    click.echo(
+        f"{result.files} dead-letter files: {result.replayed} records appended, "
+        f"{result.already} already present, {len(result.refused)} still refused"
+    )
+    for request_id, reason in result.refused:
+        click.echo(f"  {request_id}: {reason}")
+    if result.forged_lines:
+        click.echo(
+            f"{result.forged_lines} lines whose MAC does not verify were not replayed "
+            "(forged or edited on disk); their files are kept for inspection",
+            err=True,
+        )
+    if result.refused or result.forged_lines:
+        sys.exit(1)
+
+
 @audit.command("suspect")
 @click.option("--url", default=None, help="Black-box: the suspect's OpenAI-compatible base URL.")
 @click.option("--suspect-model", default=None, help="Black-box: the model name to ask for.")

@@ -122,6 +122,20 @@ __all__ = ["serve"]
     "cache survives kill -9, not a power cut).",
 )
 @click.option(
+    "--admin-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address of the admin API's own listener (keep it private: 127.0.0.1 or an internal "
+    "interface).",
+)
+@click.option(
+    "--admin-port",
+    type=click.IntRange(min=0, max=65535),
+    default=8001,
+    show_default=True,
+    help="Port of the admin API's listener; 0 turns the listener off.",
+)
+@click.option(
     "--journal-wait-ms",
     type=click.FloatRange(min=0),
     default=1000.0,
@@ -153,6 +167,8 @@ def serve(
     workers: int,
     limiter_fail_open: bool,
     journal_fsync_ms: float,
+    admin_host: str,
+    admin_port: int,
     journal_wait_ms: float,
 ) -> None:
     """Run the OpenAI-compatible gateway (the embedded model unless --model or --upstream).
@@ -164,13 +180,14 @@ def serve(
     the data directory before answering, and commits it to the database in the background;
     at start, journals left by dead processes are replayed. On first start it creates the
     master secret and a demo API key, printed once. The harvest monitor watches every key and
-    moves harvesters up the tiers (watch, throttle, block). The admin API (/v1/admin/...) is on when
-    DISTILLGUARD_ADMIN_TOKEN is set; requests to it carry that token as a bearer token.
+    moves harvesters up the tiers (watch, throttle, block). The admin API (/v1/admin/...) listens
+    on its own address (--admin-host, --admin-port) and is on when DISTILLGUARD_ADMIN_TOKEN is
+    set; requests to it carry that token as a bearer token.
     """
     require("uvicorn", "gateway")
-    import uvicorn
 
     from distillguard.gateway.admin_client import admin_token_from_env
+    from distillguard.gateway.listeners import Listener, run_listeners
     from distillguard.gateway.server import build_server, prepare_home
 
     if upstream_kind == "vllm" and not upstream:
@@ -209,15 +226,22 @@ def serve(
         if demo_key is not None:
             click.echo(f"demo API key (tenant demo, shown once): {demo_key}")
         click.echo(f"serving on http://{host}:{port}/v1 with {workers} workers", err=True)
-        serve_workers(options, host, port, workers)
+        serve_workers(
+            options, host, port, workers, admin=(admin_host, admin_port) if admin_port else None
+        )
         return
     server = build_server(**options)
     if server.demo_key is not None:
         click.echo(f"demo API key (tenant demo, shown once): {server.demo_key}")
     names = ", ".join(server.gateway.model_names)
     click.echo(f"serving {names} on http://{host}:{port}/v1", err=True)
+    if admin_port:
+        click.echo(f"admin API on http://{admin_host}:{admin_port}/v1/admin", err=True)
     try:
-        uvicorn.run(server.gateway.app, host=host, port=port, log_level="warning", access_log=False)
+        run_listeners(
+            Listener(server.gateway.app, host, port),
+            Listener(server.gateway.admin.app(), admin_host, admin_port) if admin_port else None,
+        )
     finally:
         server.close()
 

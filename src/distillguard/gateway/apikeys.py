@@ -13,6 +13,7 @@ authenticate, saying why; it never falls back to some tier's privileges.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -20,6 +21,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import cast
 
 from distillguard.errors import (
     AuthenticationError,
@@ -41,6 +43,7 @@ __all__ = [
 _PREFIX = "dg"
 _DUMMY_SALT = b"\0" * 16
 _CACHE_SECONDS = 5.0  # a revocation made elsewhere takes effect within this
+_CACHE_ENTRIES = 100_000  # key ids cached (known or not) at most
 
 
 @dataclass(frozen=True)
@@ -124,38 +127,43 @@ def revoke_api_key(connection: Connection, key_id: str) -> ApiKey:
 
 
 class KeyStore:
-    """Authenticates presented keys against the stored hashes (rows cached after first use)."""
+    """Authenticates presented keys against the stored hashes (rows cached after first use).
 
-    def __init__(self, connection: Connection) -> None:
+    On the gateway's event loop (`authenticate_async`) the database is read on a thread, at
+    most `lookup_timeout` seconds: a hung or restarting database must not freeze every other
+    request. While it cannot answer, a key seen before is served from its (stale) cache entry
+    and an unseen one gets ServiceUnavailableError (a 503)."""
+
+    def __init__(self, connection: Connection, *, lookup_timeout: float = 0.5) -> None:
         self._connection = connection
-        self._cache: dict[str, tuple[float, tuple[bytes, bytes, ApiKey]]] = {}
+        self._lookup_timeout = lookup_timeout
+        self._cache: dict[str, tuple[float, tuple[bytes, bytes, ApiKey] | None]] = {}
 
     def authenticate(self, presented: str | None) -> ApiKey:
-        if not presented:
-            raise AuthenticationError("missing API key: send 'Authorization: Bearer <key>'")
-        parts = presented.split("-", 2)
-        if len(parts) != 3 or parts[0] != _PREFIX:
-            _hash(_DUMMY_SALT, presented)
-            raise AuthenticationError("invalid API key")
-        _, key_id, secret = parts
-        entry = self._lookup(key_id)
-        if entry is None:
-            hmac.compare_digest(_hash(_DUMMY_SALT, secret), _DUMMY_SALT * 2)
-            raise AuthenticationError("invalid API key")
-        salt, stored, key = entry
-        if not hmac.compare_digest(_hash(salt, secret), stored) or key.revoked_at is not None:
-            raise AuthenticationError("invalid API key")
-        if key.tier not in TIER_RANK:
-            raise AuthenticationError(
-                f"this key's tier {key.tier!r} is not one of {', '.join(TIER_RANK)}; "
-                "the provider must set a known tier before it can be used"
-            )
-        return key
+        key_id, secret = _parse(presented)
+        entry = self._fresh(key_id)
+        return _verify(self._fetch(key_id) if entry is _STALE else entry, secret)
 
-    def _lookup(self, key_id: str) -> tuple[bytes, bytes, ApiKey] | None:
+    async def authenticate_async(self, presented: str | None) -> ApiKey:
+        key_id, secret = _parse(presented)
+        entry = self._fresh(key_id)
+        if entry is _STALE:
+            try:
+                entry = await asyncio.wait_for(
+                    asyncio.to_thread(self._fetch, key_id), self._lookup_timeout
+                )
+            except TimeoutError:
+                entry = self._stale_or_unavailable(key_id, None)
+        return _verify(entry, secret)
+
+    def _fresh(self, key_id: str) -> tuple[bytes, bytes, ApiKey] | object | None:
+        """The cached entry (None: no such key), or `_STALE` when it must be read again."""
         cached = self._cache.get(key_id)
         if cached is not None and time.monotonic() - cached[0] < _CACHE_SECONDS:
             return cached[1]
+        return _STALE
+
+    def _fetch(self, key_id: str) -> tuple[bytes, bytes, ApiKey] | None:
         try:
             row = self._connection.execute(
                 "SELECT salt, secret_hash, key_id, tenant, rpm, tpm, daily_tokens, concurrency, "
@@ -163,13 +171,49 @@ class KeyStore:
                 (key_id,),
             ).fetchone()
         except Exception as exc:  # the database is away: a key seen before keeps working
-            if cached is not None:
-                return cached[1]
-            raise ServiceUnavailableError(
-                "the key store cannot be reached to check this API key; retry shortly"
-            ) from exc
-        if row is None:
-            return None
-        entry = (bytes(row[0]), bytes(row[1]), ApiKey(*tuple(row)[2:]))
+            return self._stale_or_unavailable(key_id, exc)
+        entry = None if row is None else (bytes(row[0]), bytes(row[1]), ApiKey(*tuple(row)[2:]))
+        if len(self._cache) >= _CACHE_ENTRIES and key_id not in self._cache:
+            self._cache.pop(next(iter(self._cache)))  # the oldest: bounded under random ids
         self._cache[key_id] = (time.monotonic(), entry)
         return entry
+
+    def _stale_or_unavailable(
+        self, key_id: str, error: Exception | None
+    ) -> tuple[bytes, bytes, ApiKey] | None:
+        cached = self._cache.get(key_id)
+        if cached is not None:
+            return cached[1]
+        raise ServiceUnavailableError(
+            "the key store cannot be reached to check this API key; retry shortly"
+        ) from error
+
+
+_STALE = object()
+
+
+def _parse(presented: str | None) -> tuple[str, str]:
+    """(key id, secret) of a presented key, or AuthenticationError."""
+    if not presented:
+        raise AuthenticationError("missing API key: send 'Authorization: Bearer <key>'")
+    parts = presented.split("-", 2)
+    if len(parts) != 3 or parts[0] != _PREFIX:
+        _hash(_DUMMY_SALT, presented)
+        raise AuthenticationError("invalid API key")
+    return parts[1], parts[2]
+
+
+def _verify(entry: object, secret: str) -> ApiKey:
+    """The key of a stored entry whose hash matches `secret` (in constant time)."""
+    if entry is None or not isinstance(entry, tuple):
+        hmac.compare_digest(_hash(_DUMMY_SALT, secret), _DUMMY_SALT * 2)
+        raise AuthenticationError("invalid API key")
+    salt, stored, key = cast(tuple[bytes, bytes, ApiKey], entry)
+    if not hmac.compare_digest(_hash(salt, secret), stored) or key.revoked_at is not None:
+        raise AuthenticationError("invalid API key")
+    if key.tier not in TIER_RANK:
+        raise AuthenticationError(
+            f"this key's tier {key.tier!r} is not one of {', '.join(TIER_RANK)}; "
+            "the provider must set a known tier before it can be used"
+        )
+    return key

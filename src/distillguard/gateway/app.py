@@ -29,8 +29,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from distillguard.errors import ApiError, LimiterUnavailable
+from distillguard.errors import ApiError, ClientDisconnected, LimiterUnavailable
 from distillguard.gateway.admin import AdminApi
+from distillguard.gateway.admission import RecentRefusals, refusal_error, scopes_for
 from distillguard.gateway.apikeys import ApiKey, KeyStore
 from distillguard.gateway.backends.base import Backend, Finish
 from distillguard.gateway.metering import (
@@ -47,27 +48,22 @@ from distillguard.gateway.openapi import openapi_document
 from distillguard.gateway.policy import Tier, enforce_tier, higher_tier
 from distillguard.gateway.protocol import error_body, parse_body
 from distillguard.gateway.ratelimit import (
-    Admission,
-    Limits,
     MemoryRateLimiter,
     RateLimiter,
     Refusal,
     Scope,
     Snapshot,
     admitted,
-    format_duration,
 )
 from distillguard.gateway.reading import authenticate, read_json
 from distillguard.gateway.settings import GatewaySettings
-from distillguard.gateway.settled import SettledStream
+from distillguard.gateway.settled import SettledStream, until_disconnected
 from distillguard.monitor.events import MonitorHook
 from distillguard.store.audit import AuditLog
 
 __all__ = ["Gateway", "GatewaySettings"]
 
 log = logging.getLogger("distillguard.gateway")
-
-DAY = 86_400.0
 
 
 class Gateway:
@@ -93,7 +89,10 @@ class Gateway:
         self.tiers = dict(settings.tiers)  # a copy: per-gateway changes stay local
         self.max_body_bytes = settings.max_body_bytes
         self.metrics = Metrics()
-        self.admin = AdminApi(settings.admin_token, lambda: self.monitor)
+        self.admin = AdminApi(settings.admin_token, lambda: self.monitor)  # its own listener
+        # on the limiter's clock (tests inject one); shared limiters decide on Redis's clock,
+        # whose seconds pass as this process's do
+        self.refusals = RecentRefusals(getattr(self.limiter, "_clock", None) or time.monotonic)
         self.monitor_seconds = 0.0  # time the request path spent handing events to the monitor
         self.monitor_calls = 0
         self.app = Starlette(
@@ -104,7 +103,6 @@ class Gateway:
                 Route("/healthz", self.healthz, methods=["GET"]),
                 Route("/metrics", self.metrics_endpoint, methods=["GET"]),
                 Route("/openapi.json", self.openapi, methods=["GET"]),
-                *self.admin.routes(),
             ],
             exception_handlers={HTTPException: self._http_error},
             lifespan=self._lifespan,
@@ -151,7 +149,7 @@ class Gateway:
     async def models(self, request: Request) -> Response:
         call = Call.start("models")
         try:
-            call.key = authenticate(self.keys, request)
+            call.key = await authenticate(self.keys, request)
         except ApiError as error:
             return self._error(call, error)
         body = {
@@ -185,8 +183,13 @@ class Gateway:
 
     async def _serve(self, request: Request, call: Call, *, chat: bool) -> Response:
         try:
-            job, reserved = await self._accept(request, call, chat=chat)
-            refused = await self._admit_call(call, reserved)
+            call.key = key = await authenticate(self.keys, request)
+            scopes = self._scopes(key)
+            early = self.refusals.check(scopes)  # before the body is read or tokenized
+            if early is not None:
+                return self._refuse(call, early, scopes)
+            job, reserved = await self._accept(request, call, key, chat=chat)
+            refused = await self._admit_call(call, scopes, reserved)
             if refused is not None:
                 return refused
         except ApiError as error:
@@ -201,9 +204,13 @@ class Gateway:
                 call.held.pop_all(),
                 media_type="text/event-stream",
                 headers=response_headers(call),
+                on_close=lambda: self._disconnected(call),
             )
         try:
-            reply = await self.backend.complete(job, call)
+            reply = await until_disconnected(request, self.backend.complete(job, call))
+        except ClientDisconnected:  # generation (or the upstream request) was cancelled with it
+            self._disconnected(call)
+            return self._error(call, ApiError(499, "the client closed the request"))
         except Exception as exc:
             failure = self.backend.failure(exc, call)
             if failure is None:
@@ -220,10 +227,11 @@ class Gateway:
             )
         return JSONResponse(reply.body, status_code=reply.status, headers=response_headers(call))
 
-    async def _accept(self, request: Request, call: Call, *, chat: bool) -> tuple[Any, int]:
-        """Authenticate, parse, check the model and the tier; the backend's job and the
-        tokens to reserve for it."""
-        call.key = authenticate(self.keys, request)
+    async def _accept(
+        self, request: Request, call: Call, key: ApiKey, *, chat: bool
+    ) -> tuple[Any, int]:
+        """Parse, check the model and the tier; the backend's job and the tokens to reserve
+        for it."""
         body = await read_json(request, self.max_body_bytes)
         call.parsed = parsed = parse_body(body, chat=chat, render_chat=self.backend.render_chat)
         if parsed.model not in self.model_names:
@@ -233,7 +241,7 @@ class Gateway:
                 param="model",
                 code="model_not_found",
             )
-        tier = self._tier(call.key)
+        tier = self._tier(key)
         enforce_tier(tier, parsed)
         job, reserved = self.backend.prepare(call, body, parsed, tier, self.settings.store_text)
         return job, reserved
@@ -242,14 +250,16 @@ class Gateway:
         outcome, status = "client_disconnected", 499
         unsafe: ApiError | None = None
         try:
-            async for piece in self.backend.stream(job, call):
-                if isinstance(piece, Finish):
+            # closed at once when the client leaves: generation (or the upstream request) stops
+            async with contextlib.aclosing(self.backend.stream(job, call)) as pieces:
+                async for piece in pieces:
+                    if not isinstance(piece, Finish):
+                        yield piece
+                        continue
                     outcome, status = piece.outcome, piece.status
                     unsafe = await self._finish_durably(call, status, outcome)
                     if unsafe is not None:
                         break  # the last chunk does not leave: the client sees the 503 error
-                else:
-                    yield piece
             outcome, status = "ok", 200
             if unsafe is not None:
                 yield "data: " + json.dumps(error_body(unsafe)) + "\n\n"
@@ -279,56 +289,38 @@ class Gateway:
     def _tier(self, key: ApiKey) -> Tier:
         return self.tiers.get(self._tier_name(key), Tier())
 
-    def _key_scope(self, key: ApiKey) -> Scope:
-        factor = self._tier(key).rate_factor
-        if factor == 1.0:
-            limits = Limits(key.rpm, key.tpm, key.concurrency)
-        else:
-            limits = Limits(
-                max(1, int(key.rpm * factor)), max(1, int(key.tpm * factor)), key.concurrency
-            )
-        return Scope(f"key:{key.key_id}", limits, self.settings.minute)
+    def _scopes(self, key: ApiKey) -> tuple[Scope, ...]:
+        return scopes_for(key, self._tier(key), self.settings.minute, self.settings.tenant_limits)
 
-    def _admit(
-        self, key: ApiKey, reserved: int
-    ) -> contextlib.AbstractAsyncContextManager[Admission | Refusal]:
-        scopes = [self._key_scope(key)]
-        tenant_limits = self.settings.tenant_limits
-        if tenant_limits is not None:
-            scopes.append(Scope(f"tenant:{key.tenant}", tenant_limits, self.settings.minute))
-        if key.daily_tokens is not None:
-            scopes.append(Scope(f"day:{key.key_id}", Limits(10**12, key.daily_tokens), window=DAY))
-        return admitted(self.limiter, tuple(scopes), reserved)
-
-    async def _admit_call(self, call: Call, reserved: int) -> Response | None:
+    async def _admit_call(
+        self, call: Call, scopes: tuple[Scope, ...], reserved: int
+    ) -> Response | None:
         """Admit the call (recording its admission), or return the 429 (or 503) to answer."""
-        if call.key is None:
-            raise ApiError(401, "Incorrect API key provided", code="invalid_api_key")
         try:
-            decision = await call.held.enter_async_context(self._admit(call.key, reserved))
+            admission = admitted(self.limiter, scopes, reserved)
+            decision = await call.held.enter_async_context(admission)
         except LimiterUnavailable as exc:
             raise ApiError(503, str(exc), kind="server_error", code="limiter_unavailable") from None
         if isinstance(decision, Refusal):
-            call.snapshot = decision.snapshot
-            return self._refuse(call, decision)
+            self.refusals.remember(scopes, decision)
+            return self._refuse(call, decision, scopes)
         call.admission, call.snapshot = decision, decision.snapshot
         return None
 
-    def _refuse(self, call: Call, refusal: Refusal) -> Response:
-        if refusal.reason == "concurrency":
-            message = "Too many requests in flight for this key; retry when one finishes"
-        else:
-            retry = max(refusal.retry_after, 0.001)
-            message = (
-                f"Rate limit reached for {refusal.scope} on {refusal.reason}; "
-                f"retry in {format_duration(retry)}"
-            )
-        error = ApiError(429, message, kind=refusal.reason, code="rate_limit_exceeded")
+    def _refuse(self, call: Call, refusal: Refusal, scopes: tuple[Scope, ...]) -> Response:
+        call.snapshot = refusal.snapshot
         self.metrics.refused(refusal.reason)
         self._record(call, 429, "rate_limited")
         return JSONResponse(
-            error_body(error), status_code=429, headers=refusal_headers(call, refusal)
+            error_body(refusal_error(refusal)),
+            status_code=429,
+            headers=refusal_headers(call, refusal),
         )
+
+    def _disconnected(self, call: Call) -> None:
+        """The client left before its answer was complete (or before a stream started)."""
+        if not call.finished:
+            self._finish(call, 499, "client_disconnected")
 
     # -- metering -----------------------------------------------------------------------------
 
@@ -382,7 +374,8 @@ class Gateway:
         )
 
     def limiter_snapshot(self, key: ApiKey) -> Snapshot | None:
-        return self.limiter.snapshot(self._key_scope(key))
+        """For an error's headers: never waits on Redis (which may be what is failing)."""
+        return self.limiter.last_snapshot(self._scopes(key)[0])
 
     async def _http_error(self, request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 500

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -24,6 +25,7 @@ from distillguard.monitor.events import MonitorEvent
 from distillguard.store.usage import UsageRecord
 
 __all__ = [
+    "UNSERVED",
     "Call",
     "monitor_event",
     "new_request_id",
@@ -34,6 +36,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("distillguard.gateway")
+
+# outcomes of requests refused before generation: their rows keep the prompt's hash, not text
+UNSERVED = frozenset({"rejected", "rate_limited"})
 
 
 def new_request_id() -> str:
@@ -117,6 +122,12 @@ def usage_record(
         sent = audit_parameters(parsed.sent, chat=parsed.chat)
         parameters |= {name: value for name, value in sent.items() if name not in parameters}
     output_text = json.dumps(["".join(parts) for parts in call.texts]) if store_text else ""
+    prompt_text = call.prompt_text if store_text else ""
+    if outcome in UNSERVED and prompt_text:
+        # refusals cost the client nothing: their rows must not store what they sent (a
+        # 1-rpm key flooding 1 MB prompts would fill the database); the hash still ties it
+        parameters["prompt_sha256"] = hashlib.sha256(prompt_text.encode()).hexdigest()
+        prompt_text = ""
     return UsageRecord(
         request_id=call.request_id,
         created_at=datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z"),
@@ -132,7 +143,7 @@ def usage_record(
         watermark_key_id=call.watermark_key_id,
         fingerprint=call.fingerprint if call.watermark_key_id else None,
         parameters=parameters,
-        prompt_text=call.prompt_text if store_text else "",
+        prompt_text=prompt_text,
         output_text=output_text,
     )
 

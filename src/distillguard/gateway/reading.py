@@ -26,12 +26,13 @@ _BRACKET = re.compile(r"[\[\]{}]")
 _DEPTH_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
 
 
-def authenticate(keys: KeyStore, request: Request) -> ApiKey:
-    """The key of the request's bearer token, or the 401 to answer."""
+async def authenticate(keys: KeyStore, request: Request) -> ApiKey:
+    """The key of the request's bearer token, or the 401 (503 while the key store cannot
+    answer) to answer."""
     header = request.headers.get("authorization", "")
     presented = header[7:].strip() if header.lower().startswith("bearer ") else None
     try:
-        return keys.authenticate(presented)
+        return await keys.authenticate_async(presented)
     except AuthenticationError as exc:
         raise ApiError(401, f"Incorrect API key provided: {exc}", code="invalid_api_key") from None
     except ServiceUnavailableError as exc:

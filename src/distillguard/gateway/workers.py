@@ -33,7 +33,7 @@ def reuseport_socket(host: str, port: int) -> socket.socket:
     if not hasattr(socket, "SO_REUSEPORT"):
         raise ConfigError("--workers needs SO_REUSEPORT (Linux or BSD)")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # TCP_NODELAY follows
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
@@ -44,10 +44,15 @@ def reuseport_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _worker(options: dict[str, Any], host: str, port: int, index: int, threads: int) -> None:
+def _worker(
+    options: dict[str, Any],
+    host: str,
+    port: int,
+    index: int,
+    threads: int,
+    admin: tuple[str, int] | None = None,
+) -> None:
     """One worker process: build the gateway, serve on a shared-port socket until told to stop."""
-    import uvicorn
-
     try:  # the cores are shared among the workers: no worker's engine takes them all
         import torch
 
@@ -55,17 +60,23 @@ def _worker(options: dict[str, Any], host: str, port: int, index: int, threads: 
     except ImportError:
         pass
 
+    from distillguard.gateway.listeners import Listener, run_listeners
     from distillguard.gateway.server import build_server
 
     logging.basicConfig(level=logging.WARNING, format=f"worker {index}: %(message)s")
     server = build_server(**options, create_demo_key=False)
     sock = reuseport_socket(host, port)
+    admin_sock = reuseport_socket(*admin) if admin is not None else None
     try:
-        config = uvicorn.Config(server.gateway.app, log_level="warning", access_log=False)
-        uvicorn.Server(config).run(sockets=[sock])
+        run_listeners(
+            Listener(server.gateway.app, sock=sock),
+            Listener(server.gateway.admin.app(), sock=admin_sock) if admin_sock else None,
+        )
     finally:
         server.close()
         sock.close()
+        if admin_sock is not None:
+            admin_sock.close()
 
 
 def serve_workers(
@@ -76,6 +87,7 @@ def serve_workers(
     *,
     on_started: Callable[[list[int]], None] | None = None,
     restart_delay: float = 1.0,
+    admin: tuple[str, int] | None = None,
 ) -> None:
     """Run `workers` gateway processes on one port until SIGINT/SIGTERM; restart any that die.
 
@@ -87,6 +99,8 @@ def serve_workers(
         raise ConfigError("--workers needs a fixed --port (the workers bind the same one)")
     threads = max(1, (os.cpu_count() or 1) // workers)
     reuseport_socket(host, port).close()  # fail here, in one line, if the port is taken
+    if admin is not None:
+        reuseport_socket(*admin).close()
     context = multiprocessing.get_context("spawn")
     processes: dict[int, BaseProcess] = {}
     stopping = False
@@ -94,7 +108,7 @@ def serve_workers(
     def start(index: int) -> None:
         process = context.Process(
             target=_worker,
-            args=(options, host, port, index, threads),
+            args=(options, host, port, index, threads, admin),
             name=f"distillguard-worker-{index}",
         )
         process.start()

@@ -282,6 +282,11 @@ class AuditLog:
                 self._failures += 1
                 self._drop_connection()
                 if self._database_answers():
+                    # a commit whose acknowledgement was lost with the connection: what it
+                    # wrote is there, and must not be written twice (nor dead-lettered)
+                    batch = self._not_yet_written(batch)
+                    if not batch:
+                        return
                     refused += 1
                     if refused >= _REFUSALS_BEFORE_ISOLATING and self._dead_letter is not None:
                         self._isolate(batch, exc, self._dead_letter)
@@ -292,6 +297,19 @@ class AuditLog:
                 self._give_up_if_closing()
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
+
+    def _not_yet_written(self, batch: list[_Pending]) -> list[_Pending]:
+        """The batch's records whose request id is not in the database (all of them when
+        that cannot be read now); the rest are resolved as written."""
+        try:
+            present = _present(self._connection_now(), [p.record.request_id for p in batch])
+        except Exception:
+            self._drop_connection()
+            return batch
+        written = [pending for pending in batch if pending.record.request_id in present]
+        if written:
+            log.warning("%d records were committed before the connection was lost", len(written))
+        return [pending for pending in batch if pending.record.request_id not in present]
 
     def _database_answers(self) -> bool:
         """Whether the database is reachable and working (a fresh connection runs a query)."""
@@ -360,16 +378,22 @@ def _unwritten(connection: Connection, orphan: Orphan) -> list[UsageRecord]:
     """The orphan's records whose request id is not in the database yet (replay is
     idempotent: the dead process may have committed some, a replay may have been cut off)."""
     records = list({record.request_id: record for record in orphan.records}.values())
+    present = _present(connection, [record.request_id for record in records])
+    return [record for record in records if record.request_id not in present]
+
+
+def _present(connection: Connection, request_ids: list[str]) -> set[str]:
+    """Which of these request ids have their usage row."""
     present: set[str] = set()
-    for start in range(0, len(records), _IDS_PER_QUERY):
-        ids = [record.request_id for record in records[start : start + _IDS_PER_QUERY]]
+    for start in range(0, len(request_ids), _IDS_PER_QUERY):
+        ids = request_ids[start : start + _IDS_PER_QUERY]
         placeholders = ", ".join("?" for _ in ids)
         cursor = connection.execute(
             f"SELECT request_id FROM usage WHERE request_id IN ({placeholders})",  # noqa: S608
             ids,
         )
         present.update(row[0] for row in cursor.fetchall())
-    return [record for record in records if record.request_id not in present]
+    return present
 
 
 def _resolve(batch: list[_Pending], error: AuditUnavailable | None = None) -> None:

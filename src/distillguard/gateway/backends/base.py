@@ -8,7 +8,7 @@ call. The backend writes what the usage row needs (tokens, texts, watermark) int
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -76,7 +76,7 @@ class Backend(Protocol[JobT]):
 
     async def complete(self, job: JobT, call: Call) -> Reply: ...
 
-    def stream(self, job: JobT, call: Call) -> AsyncIterator[str | Finish]:
+    def stream(self, job: JobT, call: Call) -> AsyncGenerator[str | Finish, None]:
         """Server-sent event text for the client, with one `Finish` before the last chunks."""
         ...
 

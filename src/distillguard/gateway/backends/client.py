@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,7 +105,9 @@ class Upstream:
             raw = json.dumps(payload).encode()
         return UpstreamReply(status, payload, raw)
 
-    async def stream(self, path: str, body: dict[str, Any]) -> AsyncIterator[tuple[int, str]]:
+    async def stream(
+        self, path: str, body: dict[str, Any]
+    ) -> AsyncGenerator[tuple[int, str], None]:
         """(status, line) pairs: the upstream's SSE lines, or one error body."""
         try:
             async with self._client().post(self.base_url + path, json=body) as response:

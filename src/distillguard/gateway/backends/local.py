@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from distillguard.engine.engine import Engine, PreparedRequest
@@ -127,7 +127,7 @@ class LocalBackend:
         shape = chat_response if chat else completion_response
         return Reply(200, "ok", shape(call.request_id, self.engine.model_name, completion))
 
-    async def stream(self, job: PreparedRequest, call: Call) -> AsyncIterator[str | Finish]:
+    async def stream(self, job: PreparedRequest, call: Call) -> AsyncGenerator[str | Finish, None]:
         created = int(time.time())
         model = self.engine.model_name
         parsed = call.parsed

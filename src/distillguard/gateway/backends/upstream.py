@@ -14,8 +14,9 @@ and settles to the upstream's reported usage afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -34,7 +35,7 @@ class UpstreamClient(Protocol):
 
     async def post(self, path: str, body: dict[str, Any]) -> UpstreamReply: ...
 
-    def stream(self, path: str, body: dict[str, Any]) -> AsyncIterator[tuple[int, str]]: ...
+    def stream(self, path: str, body: dict[str, Any]) -> AsyncGenerator[tuple[int, str], None]: ...
 
     async def close(self) -> None: ...
 
@@ -100,7 +101,7 @@ class UpstreamBackend:
         outcome = "ok" if reply.status < 400 else "upstream_rejected"
         return Reply(reply.status, outcome, reply.raw)
 
-    async def stream(self, job: UpstreamJob, call: Call) -> AsyncIterator[str | Finish]:
+    async def stream(self, job: UpstreamJob, call: Call) -> AsyncGenerator[str | Finish, None]:
         parsed = call.parsed
         include_usage = parsed is not None and parsed.include_usage
         call.texts = [[] for _ in range(parsed.n if parsed is not None else 1)]
@@ -109,24 +110,26 @@ class UpstreamBackend:
         options = options if isinstance(options, dict) else {}
         body = job.body | {"stream_options": options | {"include_usage": True}}
         usage_seen = False
-        async for code, line in self.client.stream(job.path, body):
-            if code >= 400:
-                yield Finish(code, "upstream_rejected")
-                yield "data: " + line + "\n\n"
-                return
-            if not line.startswith("data: "):
-                continue
-            data = line[6:]
-            if data == "[DONE]":
-                if not usage_seen:  # an upstream that sent no usage chunk: count it ourselves
-                    _read_usage(call, None)
-                yield Finish(200, "ok")
-            else:
-                chunk = json.loads(data)
-                usage_seen = usage_seen or isinstance(chunk.get("usage"), dict)
-                if not self._account(call, chunk, include_usage):
-                    continue  # the client did not ask for the usage chunk
-            yield line + "\n\n"
+        # closed with this stream: a client that leaves closes the upstream request too
+        async with contextlib.aclosing(self.client.stream(job.path, body)) as lines:
+            async for code, line in lines:
+                if code >= 400:
+                    yield Finish(code, "upstream_rejected")
+                    yield "data: " + line + "\n\n"
+                    return
+                if not line.startswith("data: "):
+                    continue
+                data = line[6:]
+                if data == "[DONE]":
+                    if not usage_seen:  # an upstream that sent no usage chunk: count it ourselves
+                        _read_usage(call, None)
+                    yield Finish(200, "ok")
+                else:
+                    chunk = json.loads(data)
+                    usage_seen = usage_seen or isinstance(chunk.get("usage"), dict)
+                    if not self._account(call, chunk, include_usage):
+                        continue  # the client did not ask for the usage chunk
+                yield line + "\n\n"
 
     @staticmethod
     def _account(call: Call, chunk: dict[str, Any], include_usage: bool) -> bool:

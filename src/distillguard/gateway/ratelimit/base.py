@@ -120,6 +120,10 @@ class RateLimiter(Protocol):
 
     def snapshot(self, scope: Scope) -> Snapshot | None: ...
 
+    def last_snapshot(self, scope: Scope) -> Snapshot | None:
+        """Without waiting on any server (error answers' headers): exact in memory, the last
+        decision's view on a shared backend."""
+
 
 @contextlib.asynccontextmanager
 async def admitted(

@@ -196,6 +196,10 @@ class MemoryRateLimiter:
         now = self._clock()
         return self._snapshot(scope, self._log(scope, now), now)
 
+    def last_snapshot(self, scope: Scope) -> Snapshot:
+        """In memory, the exact snapshot costs no wait."""
+        return self.snapshot(scope)
+
     # -- internals ----------------------------------------------------------------------
 
     def _log(self, scope: Scope, now: float) -> _Log:

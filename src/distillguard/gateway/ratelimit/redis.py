@@ -54,6 +54,7 @@ __all__ = ["RedisRateLimiter"]
 log = logging.getLogger("distillguard.ratelimit")
 
 _BATCH = 256  # scripts per pipelined round trip (settlements, renewals)
+_SNAPSHOTS_KEPT = 100_000  # scopes whose last snapshot is kept (for error headers)
 
 
 class RedisRateLimiter:
@@ -94,6 +95,7 @@ class RedisRateLimiter:
         self._last_warning = 0.0
         # admissions not yet settled, by id: their leases are renewed while they live
         self._held: weakref.WeakValueDictionary[str, Admission] = weakref.WeakValueDictionary()
+        self._last_snapshots: dict[str, Snapshot] = {}  # scope name -> last decision's view
         self._settlements: queue.SimpleQueue[tuple[list[str], list[Any]] | None] = (
             queue.SimpleQueue()
         )
@@ -173,21 +175,30 @@ class RedisRateLimiter:
         self, scopes: tuple[Scope, ...], tokens: int, admission_id: str, reply: list[Any]
     ) -> Admission | Refusal:
         if int(reply[0]) == 1:
+            snapshot = _snapshot(scopes[0], reply[1])
             admission = Admission(
-                scopes,
-                tokens,
-                [],
-                _snapshot(scopes[0], reply[1]),
-                token=admission_id,
-                minute=int(reply[2]),
+                scopes, tokens, [], snapshot, token=admission_id, minute=int(reply[2])
             )
             with self._lock:
                 self._held[admission_id] = admission
+            self._remember(scopes[0], snapshot)
             return admission
         reason = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
         scope = scopes[int(reply[2])]
         snapshot = _snapshot(scopes[0], reply[4])
+        self._remember(scopes[0], snapshot)
         return Refusal(reason, scope.name, float(reply[3]) / 1000.0, snapshot)
+
+    def _remember(self, scope: Scope, snapshot: Snapshot) -> None:
+        last = self._last_snapshots
+        if len(last) >= _SNAPSHOTS_KEPT and scope.name not in last:
+            last.pop(next(iter(last)))
+        last[scope.name] = snapshot
+
+    def last_snapshot(self, scope: Scope) -> Snapshot | None:
+        """The scope's snapshot as its last decision here saw it, without asking Redis: for
+        error answers' headers, which must not wait on a server that may not answer."""
+        return self._last_snapshots.get(scope.name)
 
     def settle(self, admission: Admission, used_tokens: int) -> None:
         if admission.settled:
@@ -278,6 +289,7 @@ class RedisRateLimiter:
             self.renew()
 
     def snapshot(self, scope: Scope) -> Snapshot | None:
+        """The scope's exact snapshot, read from Redis (blocking: not on the event loop)."""
         try:
             reply = self._snapshot(keys=self._keys(scope), args=[self._now(), *_mode(scope)])
         except redis.RedisError:

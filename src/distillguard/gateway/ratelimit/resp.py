@@ -74,11 +74,18 @@ class PipelinedRedis:
         self._waiters.append(waiter)
         self._queue(_encode(arguments))
         try:
-            async with asyncio.timeout(self._timeout):
-                reply = await waiter
+            reply = await asyncio.wait_for(asyncio.shield(waiter), self._timeout)
         except TimeoutError:
-            self._fail(redis.TimeoutError(f"no reply from Redis within {self._timeout} s"))
-            raise redis.TimeoutError(f"no reply from Redis within {self._timeout} s") from None
+            # After the event loop itself stalled (a GC pause, a starved CPU), the timer can
+            # fire before the reply that already arrived is read: let the reader run first.
+            for _ in range(3):
+                await asyncio.sleep(0)
+            if not waiter.done():
+                self._fail(redis.TimeoutError(f"no reply from Redis within {self._timeout} s"))
+                raise redis.TimeoutError(
+                    f"no reply from Redis within {self._timeout} s"
+                ) from None
+            reply = waiter.result()
         if isinstance(reply, hiredis.ReplyError):
             raise redis.ResponseError(str(reply))
         return reply

@@ -1,0 +1,1 @@
+"""The gateway against its databases going away under load (issue 16)."""
