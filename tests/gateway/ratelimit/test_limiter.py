@@ -52,6 +52,22 @@ def test_settlement_returns_unused_tokens(make_limiter: Callable[[], RateLimiter
     assert snapshot is not None and snapshot.remaining_tokens == 30
 
 
+def test_usage_over_the_reservation_is_charged(make_limiter: Callable[[], RateLimiter]) -> None:
+    """An upstream's prompt can tokenize worse than its estimate (one token per 4 bytes):
+    settling charges what was used, not only up to the reservation (before: capped at it)."""
+    limiter = make_limiter()
+    scopes = (key_scope(rpm=100, tpm=100), Scope("day:k1", Limits(10**12, 1000), window=86_400))
+    first = limiter.admit(scopes, 20)
+    assert isinstance(first, Admission)
+    limiter.settle(first, 70)
+    settled(limiter)
+    for scope, limit in zip(scopes, (100, 1000), strict=True):
+        snapshot = limiter.snapshot(scope)
+        assert snapshot is not None and snapshot.remaining_tokens == limit - 70
+    refused = limiter.admit(scopes[:1], 40)
+    assert isinstance(refused, Refusal) and refused.reason == "tokens"
+
+
 def test_concurrency_counts_requests_in_flight(make_limiter: Callable[[], RateLimiter]) -> None:
     limiter = make_limiter()
     scopes = (key_scope(rpm=100, tpm=10_000, concurrency=2),)

@@ -93,10 +93,10 @@ function exact.oldest_leaves(keys, now, window)
   return tonumber(oldest[2]) + window - now
 end
 
--- replace the reservation by what was used (an entry already gone has nothing to refund)
+-- replace the reservation by what was used, less or more (an entry already gone is left alone)
 function exact.refund(keys, id, minute, reserved, used)
   local held = tonumber(redis.call('HGET', keys[2], id) or '-1')
-  if held > used then
+  if held >= 0 and held ~= used then
     redis.call('HSET', keys[2], id, used)
     redis.call('HINCRBY', keys[2], '_total', used - held)
   end
@@ -218,7 +218,7 @@ function minutes.oldest_leaves(keys, now, window)
 end
 
 function minutes.refund(keys, id, minute, reserved, used)
-  if reserved > used and redis.call('HEXISTS', keys[1], minute) == 1 then
+  if reserved ~= used and redis.call('HEXISTS', keys[1], minute) == 1 then
     bump(keys[1], minute, 0, used - reserved)
     bump(keys[1], hour_of(tonumber(minute)), 0, used - reserved)
     redis.call('HINCRBY', keys[1], '_t', used - reserved)

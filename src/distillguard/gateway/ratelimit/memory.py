@@ -179,16 +179,18 @@ class MemoryRateLimiter:
         return self.admit(scopes, tokens)  # no await inside: one synchronous step
 
     def settle(self, admission: Admission, used_tokens: int) -> None:
-        """Replace the reservation by what was used (never more than reserved), end in-flight."""
+        """Replace the reservation by what was used, end in-flight. More than reserved (an
+        upstream's prompt that tokenizes worse than its estimate) is charged too: the overage
+        counts in the window like any other tokens."""
         if admission.settled:
             return
         admission.settled = True
-        used = min(max(used_tokens, 0), admission.tokens)
+        used = max(used_tokens, 0)
         now = self._clock()
         for scope, entry in zip(admission.scopes, admission.entries, strict=True):
             log = self._logs[scope.name]
-            refund = admission.tokens - used
-            if refund > 0:
+            refund = admission.tokens - used  # negative: the overage, charged
+            if refund != 0:
                 log.window.refund(entry, refund, now, scope.window)
             log.in_flight -= 1
 

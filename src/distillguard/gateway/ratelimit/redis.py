@@ -208,7 +208,7 @@ class RedisRateLimiter:
             return
         with self._lock:
             self._held.pop(admission.token, None)
-        used = min(max(used_tokens, 0), admission.tokens)
+        used = max(used_tokens, 0)  # over the reservation: the overage is charged
         keys: list[str] = []
         arguments: list[Any] = [admission.token, used, admission.tokens, admission.minute]
         for scope in admission.scopes:

@@ -82,9 +82,7 @@ class PipelinedRedis:
                 await asyncio.sleep(0)
             if not waiter.done():
                 self._fail(redis.TimeoutError(f"no reply from Redis within {self._timeout} s"))
-                raise redis.TimeoutError(
-                    f"no reply from Redis within {self._timeout} s"
-                ) from None
+                raise redis.TimeoutError(f"no reply from Redis within {self._timeout} s") from None
             reply = waiter.result()
         if isinstance(reply, hiredis.ReplyError):
             raise redis.ResponseError(str(reply))
