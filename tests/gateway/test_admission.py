@@ -160,10 +160,9 @@ def test_a_crash_after_admission_frees_the_slot(tmp_path: Path, stream: bool, ch
     proxy.audit.close()
 
 
-def test_a_stream_whose_client_left_before_it_started_frees_the_slot(tmp_path: Path) -> None:
-    proxy = upstream_gateway(tmp_path, ScriptedUpstream(NULL_USAGE))
-    body = json.dumps({"model": MOCK_MODEL, "prompt": "hi", "stream": True}).encode()
-    scope = {
+def _scope(proxy: Proxy) -> dict[str, Any]:
+    """The ASGI scope of a completions request with the proxy's key."""
+    return {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.4"},
         "http_version": "1.1",
@@ -177,6 +176,13 @@ def test_a_stream_whose_client_left_before_it_started_frees_the_slot(tmp_path: P
         "client": ("127.0.0.1", 1),
         "server": ("gateway", 80),
     }
+
+
+def test_a_stream_whose_client_left_before_it_started_frees_the_slot_and_is_recorded(
+    tmp_path: Path,
+) -> None:
+    proxy = upstream_gateway(tmp_path, ScriptedUpstream(NULL_USAGE))
+    body = json.dumps({"model": MOCK_MODEL, "prompt": "hi", "stream": True}).encode()
 
     async def receive() -> dict[str, Any]:
         return {"type": "http.request", "body": body, "more_body": False}
@@ -186,9 +192,12 @@ def test_a_stream_whose_client_left_before_it_started_frees_the_slot(tmp_path: P
 
     async def leave() -> None:
         with contextlib.suppress(Exception):
-            await proxy.gateway.app(scope, receive, gone)
+            await proxy.gateway.app(_scope(proxy), receive, gone)
 
     asyncio.run(leave())
+    assert proxy.audit.flush()
+    (row,) = read_usage(connect(tmp_path))  # before: no row at all
+    assert (row.status, row.outcome) == (499, "client_disconnected")
     assert [response.status_code for response in _send(proxy, 1)] == [200]
     proxy.audit.close()
 
@@ -198,20 +207,7 @@ def _raw_request(
 ) -> list[dict[str, Any]]:
     """One request straight through the ASGI app: the body, then (after `disconnect_after`
     seconds) the client's disconnect; the messages the app sent back."""
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.4"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/v1/completions",
-        "raw_path": b"/v1/completions",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"authorization", f"Bearer {proxy.key}".encode())],
-        "client": ("127.0.0.1", 1),
-        "server": ("gateway", 80),
-    }
+    scope = _scope(proxy)
     sent: list[dict[str, Any]] = []
     messages = 0
 
@@ -262,42 +258,6 @@ def test_a_client_that_leaves_cancels_its_upstream_request_and_is_recorded(
     (row,) = read_usage(connect(tmp_path))
     assert (row.status, row.outcome, row.completion_tokens) == (499, "client_disconnected", 0)
     assert [response.status_code for response in _send(proxy, 1)] == [200]  # slot given back
-    proxy.audit.close()
-
-
-def test_a_stream_whose_client_left_before_it_started_is_recorded(tmp_path: Path) -> None:
-    proxy = upstream_gateway(tmp_path, ScriptedUpstream(NULL_USAGE))
-    body = json.dumps({"model": MOCK_MODEL, "prompt": "hi", "stream": True}).encode()
-
-    async def gone(message: dict[str, Any]) -> None:
-        raise OSError("the client closed the connection")
-
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.4"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/v1/completions",
-        "raw_path": b"/v1/completions",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"authorization", f"Bearer {proxy.key}".encode())],
-        "client": ("127.0.0.1", 1),
-        "server": ("gateway", 80),
-    }
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    async def leave() -> None:
-        with contextlib.suppress(Exception):
-            await proxy.gateway.app(scope, receive, gone)
-
-    asyncio.run(leave())
-    assert proxy.audit.flush()
-    (row,) = read_usage(connect(tmp_path))  # before: no row at all
-    assert (row.status, row.outcome) == (499, "client_disconnected")
     proxy.audit.close()
 
 
