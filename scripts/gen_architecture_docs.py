@@ -31,7 +31,7 @@ modules' docstrings; do not edit. `tests/test_architecture.py` checks the rules 
 | `monitor` | per-account and cross-account signals of harvesting, risk, rings, tiers |
 | `forensics` | radioactivity tests of a suspect model, audits, evidence reports |
 | `integrations` | the tenant watermark inside other serving engines (vLLM) |
-| `gateway` | the OpenAI-compatible HTTP API: keys, limits, policy, metering, backends |
+| `gateway` | the OpenAI-compatible HTTP API (keys, limits, policy, metering), admin API, console |
 | `experiments` | harnesses that drive the whole system: simulator, evaluation, distillation, demo |
 | `cli` | the `distillguard` command: one module per command group, each a thin call |
 

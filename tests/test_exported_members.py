@@ -100,6 +100,7 @@ PUBLIC = {
         "UpstreamBackend",
         "UpstreamClient",
     ],
+    "distillguard.gateway.console": ["AuthSettings", "Console", "ConsoleConfig"],
     "distillguard.gateway.ratelimit": [
         "WINDOW",
         "Admission",

@@ -141,6 +141,7 @@ class RedactingFilter(logging.Filter):
 # __init__ imports this module, so they carry it from the first import of distillguard.
 PROJECT_LOGGERS = (
     "distillguard.audit",
+    "distillguard.console",
     "distillguard.engine",
     "distillguard.gateway",
     "distillguard.monitor",

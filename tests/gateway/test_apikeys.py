@@ -101,3 +101,12 @@ def test_an_unseen_key_while_the_database_is_away_is_a_503(harness: Harness) -> 
     response = asyncio.run(send())
     assert response.status_code == 503  # before: a 500
     assert response.json()["error"]["code"] == "key_store_unavailable"
+
+
+def test_a_key_store_on_a_thread_bound_sqlite_connection_authenticates(tmp_path: Path) -> None:
+    """SQLite opened without `shared` must stay on its thread: its reads stay on the loop
+    (before: moved to a thread, every lookup failed and each request got a 503)."""
+    connection = connect(tmp_path)  # not shared
+    key, _ = create_api_key(connection, "acme", rpm=10, tpm=1000)
+    store = KeyStore(connection)
+    assert asyncio.run(store.authenticate_async(key)).tenant == "acme"

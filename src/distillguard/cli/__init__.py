@@ -17,7 +17,18 @@ from typing import Any
 import click
 
 from distillguard import __version__
-from distillguard.cli import accounts, audit, demo, detect, generate, keys, model, report, serve
+from distillguard.cli import (
+    accounts,
+    audit,
+    demo,
+    detect,
+    generate,
+    keys,
+    model,
+    operators,
+    report,
+    serve,
+)
 from distillguard.cli.options import State
 from distillguard.config import data_dir
 from distillguard.errors import DistillGuardError
@@ -68,6 +79,7 @@ main.add_command(audit.audit)
 main.add_command(report.report)
 main.add_command(demo.demo)
 main.add_command(accounts.accounts)
+main.add_command(operators.operators)
 main.add_command(serve.serve)
 main.add_command(detect.detect)
 main.add_command(model.model)

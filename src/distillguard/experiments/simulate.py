@@ -14,7 +14,7 @@ import asyncio
 import json
 import tempfile
 import zlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,7 +97,9 @@ class SimulatedUpstream(Upstream):
         }
         return UpstreamReply(200, answer, json.dumps(answer).encode())
 
-    async def stream(self, path: str, body: dict[str, Any]) -> AsyncIterator[tuple[int, str]]:
+    async def stream(
+        self, path: str, body: dict[str, Any]
+    ) -> AsyncGenerator[tuple[int, str], None]:
         prompt_tokens, completion_tokens, _ = self._usage(body)
         chunk = {
             "id": "sim",

@@ -16,13 +16,13 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Mount, Route
 
 from distillguard.errors import ApiError
 from distillguard.gateway.policy import TIER_RANK
@@ -30,6 +30,9 @@ from distillguard.gateway.protocol import error_body
 from distillguard.gateway.reading import read_json
 from distillguard.monitor.events import MonitorHook
 from distillguard.monitor.monitor import AccountReport, RingReport
+
+if TYPE_CHECKING:
+    from distillguard.gateway.console import Console
 
 log = logging.getLogger("distillguard.gateway")
 
@@ -103,10 +106,20 @@ class AdminApi:
         self.token = token
         self._monitor = monitor
         self.failures = failures or FailedAttempts()
+        self.console: Console | None = None
+
+    def mount(self, console: Console) -> None:
+        """Serve the operator console at /console, and record the token's tier decisions as
+        operator actions (by "admin-token") in the audit chain."""
+        self.console = console
 
     def app(self) -> Starlette:
-        """The admin listener's app: these routes, and a 404 in OpenAI's format elsewhere."""
-        return Starlette(routes=self.routes(), exception_handlers={HTTPException: _http_error})
+        """The admin listener's app: these routes (and the console's, when mounted), and a
+        404 in OpenAI's format elsewhere."""
+        routes: list[BaseRoute] = list(self.routes())
+        if self.console is not None:
+            routes.append(Mount("/console", app=self.console.app()))
+        return Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
 
     def routes(self) -> list[Route]:
         return [
@@ -174,6 +187,8 @@ class AdminApi:
                 ApiError(400, f"'tier' must be one of: {', '.join(TIER_RANK)}", param="tier")
             )
         account = request.path_params["account"]
+        if self.console is not None:
+            await self.console.record_token_decision(account, tier, body.get("reason"))
         monitor.set_tier(account, tier)
         return JSONResponse({"account": account, "tier": tier, "pinned": True})
 

@@ -4,14 +4,15 @@ A request is admitted against its key's scope (limits scaled by the key's tier),
 scope when tenant limits are set, its key's daily token budget, and its tenant's monthly token
 budget when one is set (`gateway/budgets.py`). A monthly budget is a calendar month in UTC: its
 scope is named for the month (`month:<tenant>:2026-05`), so a new month starts from nothing,
-and its window is the month's length, so everything admitted since the month began counts. Refusing costs the client
-nothing, so it must cost the server little too: `RecentRefusals` remembers refusals on the
-request count, and until they expire answers the key's next requests with the same 429 before
-the body is read, rendered or tokenized. That is exact, not an estimate: a request-count
-window frees a slot only as time passes (settling returns tokens, never requests), so nothing
-can be admitted on that scope before the refusal's retry time, on this replica or any other.
-Token and concurrency refusals are not remembered: a smaller request, or a finished one, may
-fit sooner.
+and its window is the month's length, so everything admitted since the month began counts.
+
+Refusing costs the client nothing, so it must cost the server little too: `RecentRefusals`
+remembers refusals on the request count, and until they expire answers the key's next requests
+with the same 429 before the body is read, rendered or tokenized. That is exact, not an
+estimate: a request-count window frees a slot only as time passes (settling returns tokens,
+never requests), so nothing can be admitted on that scope before the refusal's retry time, on
+this replica or any other. Token and concurrency refusals are not remembered: a smaller
+request, or a finished one, may fit sooner.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from distillguard.errors import ApiError
 from distillguard.gateway.apikeys import ApiKey
 from distillguard.gateway.policy import Tier
 from distillguard.gateway.ratelimit import Limits, Refusal, Scope, format_duration
+from distillguard.gateway.settings import GatewaySettings
 
 __all__ = ["DAY", "RecentRefusals", "month_scope", "refusal_error", "scopes_for"]
 
@@ -33,16 +35,9 @@ DAY = 86_400.0
 _UNLIMITED = 10**12  # the requests "limit" of a token budget
 
 
-def scopes_for(
-    key: ApiKey,
-    tier: Tier,
-    minute: float,
-    tenant_limits: Limits | None,
-    monthly_budget: Callable[[str], int | None] | None = None,
-) -> tuple[Scope, ...]:
+def scopes_for(key: ApiKey, tier: Tier, settings: GatewaySettings) -> tuple[Scope, ...]:
     """The scopes a request of `key` (in `tier`) is admitted under; the key's own first.
-    `monthly_budget` gives a tenant's monthly token budget (None: it has none); it is read on
-    the request path, so it must answer from memory."""
+    The settings' `monthly_budget` is read on the request path: it answers from memory."""
     factor = tier.rate_factor
     if factor == 1.0:
         limits = Limits(key.rpm, key.tpm, key.concurrency)
@@ -50,12 +45,13 @@ def scopes_for(
         limits = Limits(
             max(1, int(key.rpm * factor)), max(1, int(key.tpm * factor)), key.concurrency
         )
-    scopes = [Scope(f"key:{key.key_id}", limits, minute)]
-    if tenant_limits is not None:
-        scopes.append(Scope(f"tenant:{key.tenant}", tenant_limits, minute))
+    scopes = [Scope(f"key:{key.key_id}", limits, settings.minute)]
+    if settings.tenant_limits is not None:
+        scopes.append(Scope(f"tenant:{key.tenant}", settings.tenant_limits, settings.minute))
     if key.daily_tokens is not None:
         scopes.append(Scope(f"day:{key.key_id}", Limits(_UNLIMITED, key.daily_tokens), window=DAY))
-    budget = monthly_budget(key.tenant) if monthly_budget is not None else None
+    monthly = settings.monthly_budget
+    budget = monthly(key.tenant) if monthly is not None else None
     if budget is not None:
         scopes.append(month_scope(key.tenant, budget, time.time()))
     return tuple(scopes)

@@ -137,6 +137,8 @@ class KeyStore:
     def __init__(self, connection: Connection, *, lookup_timeout: float = 0.5) -> None:
         self._connection = connection
         self._lookup_timeout = lookup_timeout
+        # a server's database is read on a thread; SQLite's local file on the loop itself
+        self._offload = not getattr(connection, "local", False)
         self._cache: dict[str, tuple[float, tuple[bytes, bytes, ApiKey] | None]] = {}
 
     def authenticate(self, presented: str | None) -> ApiKey:
@@ -147,7 +149,9 @@ class KeyStore:
     async def authenticate_async(self, presented: str | None) -> ApiKey:
         key_id, secret = _parse(presented)
         entry = self._fresh(key_id)
-        if entry is _STALE:
+        if entry is _STALE and not self._offload:
+            entry = self._fetch(key_id)
+        elif entry is _STALE:
             try:
                 entry = await asyncio.wait_for(
                     asyncio.to_thread(self._fetch, key_id), self._lookup_timeout

@@ -290,7 +290,7 @@ class Gateway:
         return self.tiers.get(self._tier_name(key), Tier())
 
     def _scopes(self, key: ApiKey) -> tuple[Scope, ...]:
-        return scopes_for(key, self._tier(key), self.settings.minute, self.settings.tenant_limits)
+        return scopes_for(key, self._tier(key), self.settings)
 
     async def _admit_call(
         self, call: Call, scopes: tuple[Scope, ...], reserved: int

@@ -30,6 +30,9 @@ left out keeps its default (docs/deployment.md shows the defaults)::
 
     [tiers.block]
     block = false           # keep serving a blocked account, collecting evidence
+
+    [review]                # tiers that wait for an operator's confirmation in the console
+    tiers = ["block"]       # (gateway/review.py); none by default
 """
 
 from __future__ import annotations
@@ -214,6 +217,7 @@ _THRESHOLDS = {
 class Policy:
     tiers: dict[str, Tier]
     thresholds: dict[str, float | int]
+    review: tuple[str, ...] = ()  # tiers an operator must confirm before they take effect
 
 
 def load_policy(path: Path | None) -> Policy:
@@ -225,7 +229,7 @@ def load_policy(path: Path | None) -> Policy:
         raise ConfigError(f"cannot read policy file {path}: {exc.strerror}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"policy file {path} is not valid TOML: {exc}") from None
-    unknown = set(data) - {"thresholds", "tiers"}
+    unknown = set(data) - {"thresholds", "tiers", "review"}
     if unknown:
         raise ConfigError(f"policy file {path}: unknown section(s) {sorted(unknown)}")
     thresholds: dict[str, float | int] = {}
@@ -257,7 +261,24 @@ def load_policy(path: Path | None) -> Policy:
                 )
             _check_tier_value(path, name, key, value)
         tiers[name] = replace(tiers[name], **settings)
-    return Policy(tiers, thresholds)
+    return Policy(tiers, thresholds, _review(data, path))
+
+
+def _review(data: dict[str, Any], path: Path) -> tuple[str, ...]:
+    """The [review] section's tiers: above normal, each named once."""
+    table = _table(data, "review", path)
+    unknown = set(table) - {"tiers"}
+    if unknown:
+        raise ConfigError(f"policy file {path}: [review] has unknown key(s) {sorted(unknown)}")
+    tiers = table.get("tiers", [])
+    if not isinstance(tiers, list) or not all(isinstance(tier, str) for tier in tiers):
+        raise ConfigError(f"policy file {path}: review.tiers must be a list of tier names")
+    for tier in tiers:
+        if tier not in TIER_RANK or tier == "normal":
+            raise ConfigError(
+                f"policy file {path}: review.tiers: {tier!r} is not a tier above normal"
+            )
+    return tuple(dict.fromkeys(tiers))
 
 
 def _table(data: dict[str, Any], name: str, path: Path) -> dict[str, Any]:

@@ -9,8 +9,9 @@ limits (Redis) and the monitor (its event stream and tiers in Redis).
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,8 +25,11 @@ from distillguard.gateway.app import Gateway, GatewaySettings
 from distillguard.gateway.backends import Backend, LocalBackend, UpstreamBackend
 from distillguard.gateway.backends.client import Upstream
 from distillguard.gateway.backends.vllm import VllmBackend
+from distillguard.gateway.budgets import Budgets
+from distillguard.gateway.console import Console, ConsoleConfig
 from distillguard.gateway.policy import load_policy
 from distillguard.gateway.ratelimit import Limits, RateLimiter, limiter_from_url
+from distillguard.gateway.review import ReviewedMonitor
 from distillguard.keys import derive_tenant_key, init_master_secret, record_commitment
 from distillguard.keys.derive import journal_key
 from distillguard.keys.secret import MasterSecret
@@ -56,9 +60,12 @@ class Server:
     monitor: Monitor | SharedMonitorLike | None = None
     limiter: RateLimiter | None = None
     anchorer: Anchorer | None = None
+    console: Console | None = None  # with the tenants' budgets it keeps in force
 
     def close(self) -> None:
-        """Flush the audit log, anchor its head, stop the monitor and the engine."""
+        """Flush the audit log, anchor its head, stop the console, the monitor and the engine."""
+        if self.console is not None:
+            self.console.close()
         if self.monitor is not None:
             self.monitor.close()
         self.audit.close()
@@ -154,6 +161,7 @@ def build_server(
             from distillguard.monitor.shared import SharedMonitor
 
             watcher = SharedMonitor(local, redis, restore=history.latest)
+        watcher = _reviewed(watcher, rules.review, home, database)
     connection = connect(home, shared=True, url=database)
     engine: Engine | None = None
     backend: Backend[Any]
@@ -191,7 +199,57 @@ def build_server(
     )
     if watcher is not None:
         watcher.start()
-    return Server(gateway, engine, audit, connection, demo_key, watcher, limiter, anchorer)
+    anchor = anchor or data_dir(home) / ANCHOR_FILE
+    console = _console(gateway, home, database, anchor, engine, upstream_tokenizer, rules.review)
+    return Server(gateway, engine, audit, connection, demo_key, watcher, limiter, anchorer, console)
+
+
+def _reviewed(
+    watcher: Monitor | SharedMonitorLike, review: tuple[str, ...], home: Path, database: str | None
+) -> Monitor | SharedMonitorLike:
+    """The monitor, holding the tiers the policy reviews until an operator confirms them."""
+    if not review:
+        return watcher
+    return ReviewedMonitor(watcher, review, lambda: connect(home, shared=True, url=database))
+
+
+def _console(
+    gateway: Gateway,
+    home: Path,
+    database: str | None,
+    anchor: Path,
+    engine: Engine | None,
+    upstream_tokenizer: Path | None,
+    review: tuple[str, ...],
+) -> Console:
+    """The operator console, mounted on the admin listener (`gateway.admin.app()`), and the
+    tenants' monthly budgets it sets, put in force on `gateway` (read per request from its
+    settings). The alert webhook, and Secure cookies behind a TLS-terminating proxy, come from
+    the environment: DISTILLGUARD_ALERT_WEBHOOK, DISTILLGUARD_CONSOLE_SECURE_COOKIES=1."""
+    budgets = Budgets(lambda: connect(home, shared=True, url=database))
+    budgets.start()
+    gateway.settings = replace(gateway.settings, monthly_budget=budgets.monthly_tokens)
+    config = ConsoleConfig(
+        home=home,
+        database=database,
+        anchor=anchor,
+        chain_key=current_chain_key(init_master_secret(home)[0]),
+        model=engine.loaded.path if engine is not None else upstream_tokenizer,
+        scheme=engine.scheme if engine is not None else SchemeConfig(),
+        store_text=gateway.settings.store_text,
+        webhook=os.environ.get("DISTILLGUARD_ALERT_WEBHOOK") or None,
+        secure_cookies=os.environ.get("DISTILLGUARD_CONSOLE_SECURE_COOKIES") == "1",
+        review=review,
+    )
+    console = Console(
+        config,
+        lambda: gateway.monitor,
+        lambda: connect(home, shared=True, url=database),
+        budgets=budgets,
+    )
+    gateway.admin.mount(console)
+    console.start()
+    return console
 
 
 def _audit_log(

@@ -24,6 +24,7 @@ class GatewaySettings:
     killed replica then loses no answered request; the traffic simulator, which has no
     process to lose, turns it off), and `audit_wait` bounds that wait in seconds: past it the
     answer is a 503 `audit_unavailable` (the record stays queued and journaled).
+    `monthly_budget` gives a tenant's monthly token budget, or None (`gateway/budgets.py`).
 
     `tiers` names every tier and no other: a key's tier that had no entry would otherwise be
     served with no limits at all.
@@ -38,6 +39,7 @@ class GatewaySettings:
     durable_audit: bool = True
     audit_wait: float = 1.0
     clock: Callable[[], float] = time.time
+    monthly_budget: Callable[[str], int | None] | None = None
 
     def __post_init__(self) -> None:
         if set(self.tiers) != set(TIER_RANK):

@@ -173,6 +173,7 @@ class ChainVerification:
     head_seq: int = 0
     head_hash: str = GENESIS
     legacy_purged: int = 0  # legacy records whose text was purged before purge events existed
+    events: int = 0  # audit events of any kind: purges, operators' actions
 
 
 def verify_chain(
@@ -185,14 +186,16 @@ def verify_chain(
     ).fetchall()
     purged_before = _purge_horizon(rows)
     prev_hash, count, keyed, unkeyed, purges, last_seq, legacy_purged = GENESIS, 0, 0, 0, 0, 0, 0
+    events = 0
     for seq, request_id, record, stored_prev, record_hash, tag in rows:
         count += 1
         if request_id.startswith(EVENT_PREFIX):
-            purges += 1
+            events += 1
+            purges += request_id.startswith(EVENT_PREFIX + "purge")
             reason = None
         else:
             row = _usage_row(connection, request_id)
-            legacy = tag == UNKEYED and not keyed and not purges
+            legacy = tag == UNKEYED and not keyed and not events
             reason = _check_usage(row, record, purged_before, legacy)
             if reason is None and row is not None and _blanked_unannounced(row, purged_before):
                 legacy_purged += 1
@@ -216,8 +219,9 @@ def verify_chain(
         reason = "a usage row has no audit record (written outside the log)"
         return ChainVerification(False, count, None, orphan[0], reason, keyed, unkeyed, purges)
     return ChainVerification(
-        True, count, None, None, None, keyed, unkeyed, purges, last_seq, prev_hash, legacy_purged
-    )
+        True, count, None, None, None, keyed, unkeyed, purges, last_seq, prev_hash, legacy_purged,
+        events,
+    )  # fmt: skip
 
 
 def _expected_hash(

@@ -68,9 +68,10 @@ class LogVerification:
     def summary(self) -> str:
         """What was verified, and against which checkpoint."""
         chain = self.chain
+        others = chain.events - chain.purges  # operators' actions
         parts = [
             f"{chain.records} records ({chain.keyed} keyed, {chain.unkeyed} unkeyed, "
-            f"{chain.purges} purge events)"
+            f"{chain.purges} purge events" + (f", {others} other events)" if others else ")")
         ]
         last = self.checkpoints.last
         if last is None:

@@ -106,4 +106,129 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE audit ADD COLUMN chain TEXT NOT NULL DEFAULT 'sha256';
         """,
     ),
+    (
+        "007_operator_console",
+        """
+        CREATE TABLE operators (
+            name TEXT PRIMARY KEY,
+            role TEXT NOT NULL,
+            password_hash TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            disabled_at TEXT
+        );
+        CREATE TABLE operator_sessions (
+            token_hash TEXT PRIMARY KEY,
+            operator TEXT NOT NULL,
+            csrf TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            expires_at REAL NOT NULL,
+            last_seen REAL NOT NULL
+        );
+        CREATE INDEX operator_sessions_operator ON operator_sessions (operator);
+        CREATE TABLE login_failures (
+            subject TEXT NOT NULL,
+            failed_at REAL NOT NULL
+        );
+        CREATE INDEX login_failures_subject ON login_failures (subject, failed_at);
+        CREATE TABLE operator_actions (
+            seq INTEGER PRIMARY KEY,
+            acted_at TEXT NOT NULL,
+            operator TEXT NOT NULL,
+            action TEXT NOT NULL,
+            target TEXT NOT NULL,
+            detail TEXT NOT NULL,
+            event_id TEXT NOT NULL
+        );
+        CREATE INDEX operator_actions_target ON operator_actions (target, seq);
+        CREATE TABLE console_jobs (
+            job_id TEXT PRIMARY KEY,
+            kind TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            started_by TEXT NOT NULL,
+            options TEXT NOT NULL,
+            status TEXT NOT NULL,
+            progress REAL NOT NULL,
+            stage TEXT NOT NULL,
+            host TEXT NOT NULL,
+            pid INTEGER,
+            heartbeat REAL,
+            finished_at TEXT,
+            error TEXT,
+            result TEXT
+        );
+        CREATE INDEX console_jobs_created ON console_jobs (created_at);
+        CREATE TABLE evidence_reports (
+            report_id TEXT PRIMARY KEY,
+            job_id TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            suspect TEXT NOT NULL,
+            summary TEXT NOT NULL,
+            html TEXT NOT NULL,
+            report_json TEXT NOT NULL
+        );
+        CREATE INDEX evidence_reports_created ON evidence_reports (created_at);
+        CREATE TABLE tenant_budgets (
+            tenant TEXT PRIMARY KEY,
+            monthly_tokens INTEGER NOT NULL,
+            updated_by TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        );
+        CREATE TABLE usage_rollup_cursor (
+            name TEXT PRIMARY KEY,
+            seq INTEGER NOT NULL
+        );
+        INSERT INTO usage_rollup_cursor (name, seq) VALUES ('usage', 0);
+        CREATE TABLE usage_hourly (
+            key_id TEXT NOT NULL,
+            hour TEXT NOT NULL,
+            tenant TEXT NOT NULL,
+            requests INTEGER NOT NULL,
+            refused INTEGER NOT NULL,
+            prompt_tokens INTEGER NOT NULL,
+            completion_tokens INTEGER NOT NULL,
+            PRIMARY KEY (key_id, hour)
+        );
+        CREATE INDEX usage_hourly_tenant ON usage_hourly (tenant, hour);
+        CREATE INDEX usage_hourly_hour ON usage_hourly (hour);
+        CREATE TABLE usage_minutes (
+            minute TEXT PRIMARY KEY,
+            requests INTEGER NOT NULL,
+            refused INTEGER NOT NULL,
+            prompt_tokens INTEGER NOT NULL,
+            completion_tokens INTEGER NOT NULL
+        );
+        CREATE TABLE usage_totals (
+            key_id TEXT PRIMARY KEY,
+            tenant TEXT NOT NULL,
+            requests INTEGER NOT NULL,
+            refused INTEGER NOT NULL,
+            prompt_tokens INTEGER NOT NULL,
+            completion_tokens INTEGER NOT NULL,
+            last_seen TEXT NOT NULL
+        );
+        CREATE TABLE risk_samples (
+            key_id TEXT NOT NULL,
+            sampled_at TEXT NOT NULL,
+            score REAL NOT NULL,
+            ring_score REAL,
+            tier TEXT NOT NULL,
+            requests INTEGER NOT NULL,
+            contributions TEXT NOT NULL,
+            PRIMARY KEY (key_id, sampled_at)
+        );
+        CREATE TABLE console_alerts (
+            seq INTEGER PRIMARY KEY,
+            raised_at TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            subject TEXT NOT NULL,
+            message TEXT NOT NULL,
+            delivery TEXT NOT NULL
+        );
+        CREATE TABLE console_cursors (
+            name TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        );
+        CREATE INDEX usage_key_time ON usage (key_id, created_at);
+        """,
+    ),
 ]

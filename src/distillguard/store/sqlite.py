@@ -16,6 +16,10 @@ DATABASE_NAME = "distillguard.db"
 class SqliteConnection(sqlite3.Connection):
     """sqlite3's connection, with the store's chain lock."""
 
+    # a file on this machine: a read never waits on a server (and a connection opened without
+    # `shared` must stay on its thread), so callers need not move reads off the event loop
+    local = True
+
     def lock_chain(self) -> None:
         """BEGIN IMMEDIATE: the database's one write lock, across processes, held to commit."""
         if not self.in_transaction:
