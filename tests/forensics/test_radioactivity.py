@@ -14,7 +14,7 @@ from distillguard.forensics.radioactivity import (
     black_box_test,
     open_weights_test,
 )
-from distillguard.forensics.radioactivity.open_weights import _chernoff_log10
+from distillguard.forensics.radioactivity.open_weights import chernoff_log10
 from distillguard.watermark import hashing
 from distillguard.watermark.key import WatermarkKey, key_word_array
 from distillguard.watermark.scheme import Scheme, SchemeConfig
@@ -274,7 +274,7 @@ def test_the_chernoff_bound_is_above_the_simulated_tail() -> None:
     draws = (rng.random((20_000, weights.size)) < 0.25) @ weights
     for observed in np.quantile(draws, [0.9, 0.99, 0.999]):
         tail = float(np.mean(draws >= observed))
-        assert 10 ** _chernoff_log10(float(observed), weights, 0.25) >= tail
+        assert 10 ** chernoff_log10(float(observed), weights, 0.25) >= tail
 
 
 def test_the_chernoff_bound_holds_for_signed_weights_at_any_scale() -> None:
@@ -283,9 +283,9 @@ def test_the_chernoff_bound_holds_for_signed_weights_at_any_scale() -> None:
     draws = (rng.random((20_000, weights.size)) < 0.25) @ weights
     for observed in np.quantile(draws, [0.9, 0.99, 0.999]):
         tail = float(np.mean(draws >= observed))
-        bound = 10 ** _chernoff_log10(float(observed), weights, 0.25)
+        bound = 10 ** chernoff_log10(float(observed), weights, 0.25)
         assert tail <= bound <= 20 * tail  # valid, and not far above the tail
-    assert _chernoff_log10(-1.0, weights, 0.25) == 0.0
+    assert chernoff_log10(-1.0, weights, 0.25) == 0.0
 
 
 def test_unsupported_schemes_and_bad_input_are_refused() -> None:

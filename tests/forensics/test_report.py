@@ -258,3 +258,25 @@ def test_out_never_overwrites_its_twin_or_the_audit(
         assert len(result.stderr.strip().splitlines()) == 1 and fragment in result.stderr
         assert not out.exists()
     assert json.loads(source.read_text()) == audit
+
+
+def test_the_key_plot_labels_stay_whole_and_never_overlap() -> None:
+    """The middle plot named tenant-007 "tenant-0" and its labels ran into each other."""
+    import re
+
+    from distillguard.forensics.report import _green_svg
+
+    keys = [
+        {"tenant": f"tenant-{index:03d}", "log10_p": -index, "score": 30.0, "expected": 25.0}
+        for index in range(8)
+    ]
+    svg = _green_svg({"keys": keys, "scored": 100})
+    labels = re.findall(r'<text x="([\d.]+)" y="(\d+)" font-size="8"[^>]*>([^<]*)</text>', svg)
+    assert sorted(text for _, _, text in labels) == sorted(k["tenant"] for k in keys)
+    rows: dict[str, list[float]] = {}
+    for x, y, _ in labels:
+        rows.setdefault(y, []).append(float(x))
+    character_width = 8 * 0.6  # a generous average width at font-size 8
+    for xs in rows.values():
+        gaps = [b - a for a, b in zip(sorted(xs), sorted(xs)[1:], strict=False)]
+        assert min(gaps) >= 14 * character_width  # room for 14 characters, centred

@@ -10,23 +10,26 @@ from typing import Any
 
 import numpy as np
 
-from distillguard.keys.derive import derive_tenant_key
+from distillguard.keys.derive import derive_provider_key, derive_tenant_key
 from distillguard.keys.secret import MasterSecret
-from distillguard.watermark import Detector, SchemeConfig
+from distillguard.watermark import Detector, SchemeConfig, hashing, stats
+from distillguard.watermark.layers import green_counts, layer_mask
+from distillguard.watermark.scheme import layered_scheme
 
 from .conftest import vllm_env, vllm_python
 
 SCRIPT = Path(__file__).with_name("vllm_inprocess.py")
+LAYERING_ENV = "DISTILLGUARD_VLLM_LAYERING"  # integrations.vllm.LAYERING_ENV (vLLM not here)
 
 
 @cache
-def run(mode: str, master_secret: str) -> dict[str, Any]:
+def run(mode: str, master_secret: str, layering: str = "tenant") -> dict[str, Any]:
     done = subprocess.run(
         [vllm_python(), str(SCRIPT), mode],
         capture_output=True,
         text=True,
         timeout=600,
-        env=vllm_env(master_secret, "optional"),
+        env=vllm_env(master_secret, "optional") | {LAYERING_ENV: layering},
     )
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     assert done.returncode == 0 and lines, done.stderr[-3000:]
@@ -74,3 +77,33 @@ def test_each_keyed_row_carries_its_own_tenants_watermark(master_secret: str) ->
         ]
         assert detector.detect(own, [key]).total[0].p_value < 1e-6
         assert detector.detect(other, [key]).total[0].p_value > 1e-3
+
+
+def layer_log10_p(
+    config: SchemeConfig, key: Any, provider: Any, rows: list[dict[str, Any]], layer: str
+) -> float:
+    """The key's exact test over the distinct h = 1 tuples of `layer` in the rows' outputs."""
+    documents = [np.array(r["prompt_ids"][-1:] + r["tokens"], dtype=np.uint64) for r in rows]
+    packed = np.unique(np.concatenate([(d[:-1] << np.uint64(32)) | d[1:] for d in documents]))
+    digests = hashing.context_digest([(packed >> np.uint64(32)).astype(np.uint32)])
+    tokens = (packed & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+    mask = layer_mask(config, provider, digests, layer)  # type: ignore[arg-type]
+    green = int(green_counts(config, [key], digests[mask], tokens[mask])[0])
+    return stats.binomial_upper_tail(green, int(mask.sum()), config.effective_gamma)[1]
+
+
+def test_the_split_layering_marks_the_provider_layer_and_each_tenant(master_secret: str) -> None:
+    """DISTILLGUARD_VLLM_LAYERING=split: keyed rows carry the provider key at its contexts and
+    their own tenant's key at the others; unkeyed rows carry neither."""
+    rows = run("optional", master_secret, "split")["rows"]
+    master = MasterSecret(bytes.fromhex(master_secret), "test")
+    provider = derive_provider_key(master).watermark_key()
+    config = layered_scheme("split").bind(4096)
+    keyed = [r for r in rows if r["tenant"] is not None]
+    unkeyed = [r for r in rows if r["tenant"] is None]
+    assert layer_log10_p(config, provider, provider, keyed, "provider") < -6
+    assert layer_log10_p(config, provider, provider, unkeyed, "provider") > -3
+    acme = derive_tenant_key(master, "acme").watermark_key()
+    own = [r for r in rows if r["tenant"] == "acme"]
+    assert layer_log10_p(config, acme, provider, own, "tenant") < -6
+    assert layer_log10_p(config, acme, provider, unkeyed, "tenant") > -3

@@ -101,6 +101,8 @@ class Engine:
     `model` is a model directory (the embedded model when None) or a `LoadedModel`. `scheme` is
     the watermark scheme, bound here to the model's vocabulary and tokenizer. `keyring` turns
     a request's tenant into its watermark key (raising KeyNotFoundError for an unknown one).
+    `provider_key` is the provider layer's key, required when the scheme has one
+    (`SchemeConfig.layering`).
     """
 
     def __init__(
@@ -109,6 +111,7 @@ class Engine:
         *,
         scheme: SchemeConfig | None = None,
         keyring: Keyring | None = None,
+        provider_key: WatermarkKey | None = None,
         max_batch_size: int = 32,
         batch_window: float = 0.005,
     ) -> None:
@@ -127,7 +130,7 @@ class Engine:
         self.max_batch_size = max_batch_size
         self.batch_window = batch_window
         self._torch = torch
-        self._processor = TenantWatermarkProcessor(self.scheme, [None])
+        self._processor = TenantWatermarkProcessor(self.scheme, [None], provider_key=provider_key)
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._closed = False
         self._thread = threading.Thread(target=self._serve, name="distillguard-engine", daemon=True)

@@ -62,6 +62,7 @@ def run_demo(
     """Run the demo into `output` (a new or empty folder); returns the report's path."""
     started = time.perf_counter()
     logging.getLogger("distillguard.monitor").setLevel(logging.ERROR)  # reported below instead
+    _quiet_transformers()
     output.mkdir(parents=True, exist_ok=True)
     home = output / "state"
     home.mkdir(exist_ok=True)
@@ -232,3 +233,12 @@ def _say_results(outcome: AuditOutcome, say: Say) -> None:
             f"    {label} {result.mode} {result.statistic}: best {best.detection.tenant}, "
             f"log10 p {best.detection.log10_p:.1f} ({best.adjusted_log10_p:.1f} corrected)"
         )
+
+
+def _quiet_transformers() -> None:
+    """transformers' warnings are for developers: "Token indices sequence length is longer than
+    the specified maximum" (the corpus is tokenized whole, then cut into windows) and
+    "loss_type=None was set in the config" (the students' config) say nothing to a demo user."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.set_verbosity_error()  # type: ignore[no-untyped-call]

@@ -467,8 +467,13 @@ def sample(
     seed: int = 0,
     temperature: float = 1.0,
     batch_size: int = 64,
+    logit_bias: Callable[[Any], Any] | None = None,
 ) -> list[list[int]]:
-    """Sample completions from a local model, unwatermarked (the suspect's own outputs)."""
+    """Sample completions from a local model, unwatermarked (the suspect's own outputs).
+
+    `logit_bias(last_tokens)` maps each row's last token, shape (B,), to a (B, V) tensor added
+    to the logits before sampling: what a distiller who neutralizes a stolen green list at
+    inference does (`experiments.adversary`)."""
     import torch
 
     generator = torch.Generator().manual_seed(seed)
@@ -504,7 +509,10 @@ def sample(
                     use_cache=True,
                 )
                 cache = result.cache
-                logits = result.logits[:, -1, :].float() / temperature
+                logits = result.logits[:, -1, :].float()
+                if logit_bias is not None:
+                    logits = logits + logit_bias(step_ids[:, -1])
+                logits = logits / temperature
                 chosen = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator)
                 for row in range(len(batch)):
                     token = int(chosen[row, 0])

@@ -464,14 +464,22 @@ def _green_svg(result: dict[str, Any]) -> str:
         height = 80 * abs(excess) / top
         x = 20 + index * 34
         y = 100 - height if excess > 0 else 100
+        # labels alternate between two rows, so each has two bars' width (68 px, 14 characters
+        # at this size) and names stay whole: "tenant-007" must not read "tenant-0"
+        label_y = 186 if index % 2 == 0 else 196
         bars += (
             f'<rect x="{x}" y="{y:.1f}" width="24" height="{height:.1f}" fill="#69c"/>'
-            f'<text x="{x + 12}" y="194" font-size="8" text-anchor="middle">'
-            f"{_text(str(k['tenant'])[:8])}</text>"
+            f'<text x="{x + 12}" y="{label_y}" font-size="8" text-anchor="middle">'
+            f"{_text(_short_label(str(k['tenant'])))}</text>"
         )
     bars += '<text x="296" y="96" font-size="9" text-anchor="end">expected</text>'
     bars += f'<text x="12" y="16" font-size="9">+{top:.1f} sd</text>'
     return _svg("green count above expectation, by key (sd)", bars)
+
+
+def _short_label(name: str, limit: int = 14) -> str:
+    """A key's label in the bar plot: whole when it fits, else its start and end."""
+    return name if len(name) <= limit else name[: limit - 6] + "..." + name[-3:]
 
 
 def _usage_svg(daily: list[dict[str, Any]]) -> str:

@@ -48,16 +48,18 @@ class BatchRow:
 
 
 class BatchWatermark:
-    """Rows by batch index; `apply` marks the keyed rows of one step's logits (rows, vocab)."""
+    """Rows by batch index; `apply` marks the keyed rows of one step's logits (rows, vocab).
 
-    def __init__(self, config: SchemeConfig) -> None:
+    With a layered scheme, `provider_key` is the provider layer's key (one per engine)."""
+
+    def __init__(self, config: SchemeConfig, provider_key: WatermarkKey | None = None) -> None:
         if config.scheme is not Scheme.GREEN_LIST:
             # a serving engine applies processors before its own temperature and top-p, which
             # Gumbel-max sampling must see (docs/vllm.md)
             raise SchemeError("only the green-list scheme can run inside a serving engine")
         self.config = config
         self.rows: dict[int, BatchRow] = {}
-        self._processor = TenantWatermarkProcessor(config, [None])
+        self._processor = TenantWatermarkProcessor(config, [None], provider_key=provider_key)
         self._width = self._processor.lookback
         self._signature: tuple[bytes | None, ...] = ()
 

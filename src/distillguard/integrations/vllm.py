@@ -15,9 +15,12 @@ Modes (`DISTILLGUARD_VLLM_MODE`):
   logits untouched, bit for bit); a forged or expired reference is still refused.
 
 The scheme is the one `distillguard serve` uses (the engine's default green list); the
-gateway binds its fingerprint to the served tokenizer and the logits' width. Speculative
-decoding is refused at start: its V1 runner skips custom processors, and output would leave
-unmarked.
+gateway binds its fingerprint to the served tokenizer and the logits' width.
+`DISTILLGUARD_VLLM_LAYERING` (`tenant`, the default; `split`; `stacked`) adds the provider-wide
+layer (`watermark.scheme.layered_scheme`), keyed with the provider key derived from the same
+master secret (`keys.derive.derive_provider_key`); the gateway must bind the same scheme.
+Speculative decoding is refused at start: its V1 runner skips custom processors, and output
+would leave unmarked.
 """
 
 from __future__ import annotations
@@ -38,11 +41,11 @@ import torch  # noqa: E402
 
 from distillguard.errors import ConfigError, DistillGuardError  # noqa: E402
 from distillguard.integrations.batch import BatchRow, BatchWatermark  # noqa: E402
-from distillguard.keys.derive import derive_tenant_key  # noqa: E402
+from distillguard.keys.derive import derive_provider_key, derive_tenant_key  # noqa: E402
 from distillguard.keys.secret import MasterSecret, load_master_secret  # noqa: E402
 from distillguard.keys.tags import TenantReference, verify_reference  # noqa: E402
 from distillguard.watermark.key import WatermarkKey  # noqa: E402
-from distillguard.watermark.scheme import SchemeConfig  # noqa: E402
+from distillguard.watermark.scheme import SchemeConfig, layered_scheme  # noqa: E402
 
 # vLLM ships no type information, and `benchmarks/vllm.py` would shadow its name for the type
 # checker: its classes are taken by name at run time.
@@ -54,11 +57,12 @@ SamplingParams = Any  # vllm.SamplingParams
 VllmConfig = Any  # vllm.config.VllmConfig
 process_dict_updates: Any = _builtin.process_dict_updates
 
-__all__ = ["MODE_ENV", "TenantWatermark"]
+__all__ = ["LAYERING_ENV", "MODE_ENV", "TenantWatermark", "served_scheme"]
 
 log = logging.getLogger("distillguard.vllm")
 
 MODE_ENV = "DISTILLGUARD_VLLM_MODE"
+LAYERING_ENV = "DISTILLGUARD_VLLM_LAYERING"
 _MODES = ("enforce", "optional")
 _KEY_CACHE = 4096
 
@@ -68,6 +72,14 @@ def _mode() -> str:
     if mode not in _MODES:
         raise ConfigError(f"{MODE_ENV} must be one of {', '.join(_MODES)}, not {mode!r}")
     return mode
+
+
+def served_scheme() -> SchemeConfig:
+    """The scheme this process marks with: `layered_scheme` of `DISTILLGUARD_VLLM_LAYERING`."""
+    try:
+        return layered_scheme(os.environ.get(LAYERING_ENV, "tenant"))
+    except DistillGuardError as exc:
+        raise ConfigError(f"{LAYERING_ENV}: {exc}") from None
 
 
 class _Secrets:
@@ -138,7 +150,13 @@ class TenantWatermark(LogitsProcessor):  # type: ignore[misc]
             log.info("distillguard tenant watermark loaded twice; the second copy stays idle")
             return
         TenantWatermark._engines[id(vllm_config)] = self
-        self.watermark = BatchWatermark(SchemeConfig())
+        scheme = served_scheme()
+        provider = (
+            derive_provider_key(_Secrets.load()).watermark_key()
+            if scheme.has_provider_layer
+            else None
+        )
+        self.watermark = BatchWatermark(scheme, provider)
         log.info("distillguard tenant watermark on (%s)", self.watermark.config.fingerprint)
 
     def is_argmax_invariant(self) -> bool:

@@ -16,10 +16,12 @@ __all__ = [
     "TenantKey",
     "chain_keys",
     "checkpoint_seed",
+    "derive_provider_key",
     "derive_tenant_key",
     "hkdf_sha256",
     "journal_key",
     "key_id_for",
+    "monitor_identity_key",
 ]
 
 KEY_BYTES = 32
@@ -27,6 +29,7 @@ _SALT = b"distillguard/tenant-watermark-key/v1"
 _CHAIN_SALT = b"distillguard/audit-chain-key/v1"
 _CHECKPOINT_SALT = b"distillguard/checkpoint-signing-key/v1"
 _JOURNAL_SALT = b"distillguard/audit-journal-key/v1"
+_IDENTITY_SALT = b"distillguard/monitor-identity-key/v1"
 CHAIN_KEY_VERSION = 1  # the version new audit records are linked with
 
 
@@ -92,3 +95,28 @@ def checkpoint_seed(master: MasterSecret) -> bytes:
 def journal_key(master: MasterSecret) -> bytes:
     """The HMAC key of the audit journal's lines (`store/journal.py`)."""
     return hkdf_sha256(master.material, _JOURNAL_SALT, b"journal", KEY_BYTES)
+
+
+def monitor_identity_key(master: MasterSecret) -> bytes:
+    """The HMAC key that hashes what identifies a person (client address, network, user agent,
+    organisation) before the harvest monitor sees it (`monitor.identity`). Derived, so that
+    tokens match across replicas and restarts, and cannot be reversed by anyone without the
+    master secret (an IPv4 address alone has only 2^32 values to try)."""
+    return hkdf_sha256(master.material, _IDENTITY_SALT, b"identity", KEY_BYTES)
+
+
+_PROVIDER_SALT = b"distillguard/provider-watermark-key/v1"
+PROVIDER_LAYER = "provider-layer"  # the label the provider layer's key carries in reports
+
+
+def derive_provider_key(master: MasterSecret, version: int = 1) -> TenantKey:
+    """The provider layer's watermark key: one for every account (`SchemeConfig.layering`).
+
+    Its own salt, so that no tenant id derives it; labelled `PROVIDER_LAYER` in reports."""
+    if version < 1:
+        raise ConfigError("key versions start at 1")
+    info = b"provider\0version\0" + str(version).encode()
+    material = hkdf_sha256(master.material, _PROVIDER_SALT, info, KEY_BYTES)
+    return TenantKey(
+        tenant=PROVIDER_LAYER, version=version, key_id=key_id_for(material), material=material
+    )

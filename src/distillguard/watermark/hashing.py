@@ -22,6 +22,14 @@ deduplicates on the exact (digest, token) pair the keyed part sees, so they neve
 same evidence twice. All multipliers are below 2**31 so the torch twin can hold values in
 int64 without overflow.
 
+The provider layer's split coin (scheme layering "split") is drawn per context, not per
+candidate, under a coin key c0..c3 derived from the provider key (`layers.coin_key`)::
+
+    position_coin(c, d) = mix32((mix32(d ^ c0) ^ c1) + c3)
+
+so every candidate of a row shares one decision, and the coin is independent of the green
+lists of the provider and tenant keys (a different key).
+
 The self-hash seeding picks an anchor token from a window by an unkeyed rank,
 ``anchor_rank(v) = mix32(v ^ 0x85EBCA6B)``, and uses ``digest(anchor)`` as the context.
 """
@@ -44,6 +52,7 @@ __all__ = [
     "keyed_seed",
     "keyed_uniform",
     "mix32",
+    "position_coin",
     "token_value",
 ]
 
@@ -124,3 +133,12 @@ def keyed_uniform(key_words: npt.NDArray[np.uint32], digests: U32, tokens: U32) 
     """
     k0, k1, k2, k3 = (key_words[..., index] for index in range(4))
     return combine(keyed_seed(digests, k0), token_value(tokens, k1, k2), k3)
+
+
+def position_coin(coin_words: npt.NDArray[np.uint32], digests: U32) -> U32:
+    """The split coin of each context digest: mix32((mix32(d ^ c0) ^ c1) + c3).
+
+    `coin_words` has shape (..., 4) and broadcasts against `digests` like `keyed_uniform`.
+    """
+    c0, c1, _, c3 = (coin_words[..., index] for index in range(4))
+    return combine(keyed_seed(digests, c0), np.asarray(c1, dtype=np.uint32), c3)

@@ -26,6 +26,7 @@ __all__ = [
     "keyed_seed",
     "keyed_uniform",
     "mix32",
+    "position_coin",
     "token_value",
 ]
 
@@ -80,3 +81,9 @@ def keyed_uniform(
     """
     k0, k1, k2, k3 = (key_words[..., index] for index in range(4))
     return combine(keyed_seed(digests, k0), token_value(tokens, k1, k2), k3)
+
+
+def position_coin(coin_words: torch.Tensor, digests: torch.Tensor) -> torch.Tensor:
+    """The split coin of each context digest (see `hashing.position_coin`), broadcasting."""
+    c0, c1, _, c3 = (coin_words[..., index] for index in range(4))
+    return combine(keyed_seed(digests, c0), c1, c3)

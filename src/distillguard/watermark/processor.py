@@ -15,6 +15,11 @@ its first context_width tokens as context only. With left padding (batched promp
 length) a prompt shorter than the context seeds the first tokens with pad ids; those tokens are
 exactly the ones a completion-only detection does not score.
 
+Layers. With a provider layer (`SchemeConfig.layering`) every keyed row also carries the
+provider's key, one per processor: SPLIT swaps the row's key for the provider's at the steps
+whose context coin says so (one pass, as before); STACKED adds the provider's green list after
+the tenant's (two passes). Rows without a tenant key stay untouched either way.
+
 Order in `generate`. transformers runs processors passed as `logits_processor=` before its own
 temperature and top-p warpers. The green list adds delta to the raw logits, as Kirchenbauer et
 al. do. Gumbel-max must see the final distribution, so it takes `temperature` and `top_p` itself
@@ -27,7 +32,7 @@ import importlib.util
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, cast
 
 from distillguard.errors import InputError, SchemeError, require
@@ -41,7 +46,8 @@ from transformers import LogitsProcessor  # noqa: E402
 
 from distillguard.watermark import hashing_torch  # noqa: E402
 from distillguard.watermark.key import WatermarkKey  # noqa: E402
-from distillguard.watermark.scheme import Scheme, SchemeConfig, Seeding  # noqa: E402
+from distillguard.watermark.layers import coin_key  # noqa: E402
+from distillguard.watermark.scheme import Layering, Scheme, SchemeConfig, Seeding  # noqa: E402
 
 __all__ = ["Backend", "TenantWatermarkProcessor"]
 
@@ -149,6 +155,7 @@ class _Plan:
     words: torch.Tensor  # (A, 4) int64 holding 32-bit words
     words_array: np.ndarray  # (A, 4) uint64
     generation: int
+    provider: _Plan | None = None  # the same rows under the provider key (layered schemes)
 
 
 @dataclass(frozen=True)
@@ -165,7 +172,8 @@ class TenantWatermarkProcessor(LogitsProcessor):
     `row_keys` gives one key (or None for an unwatermarked row) per prompt; when the batch is a
     multiple of it (num_return_sequences, beams), each key covers consecutive rows, as
     transformers expands them. `backend` picks the fused CPU kernel or torch ops; "auto" uses
-    the kernel for float32/float64 logits on a CPU when numba is installed.
+    the kernel for float32/float64 logits on a CPU when numba is installed. `provider_key` is
+    the provider layer's key, required when the scheme has one.
     """
 
     def __init__(
@@ -176,6 +184,7 @@ class TenantWatermarkProcessor(LogitsProcessor):
         temperature: float = 1.0,
         top_p: float = 1.0,
         backend: Backend = "auto",
+        provider_key: WatermarkKey | None = None,
     ) -> None:
         if not row_keys:
             raise InputError("row_keys must name a key (or None) for each row")
@@ -185,7 +194,11 @@ class TenantWatermarkProcessor(LogitsProcessor):
             raise SchemeError(f"unknown backend {backend!r}")
         if backend == "kernel" and not _HAVE_NUMBA:
             raise SchemeError("the kernel backend needs numba: pip install 'distillguard[model]'")
+        if config.has_provider_layer and provider_key is None:
+            raise SchemeError(f"the {config.layering.value} layering needs a provider key")
         self.config = config
+        self.provider_key = provider_key if config.has_provider_layer else None
+        self._coin_words: dict[str, torch.Tensor] = {}
         self.row_keys = list(row_keys)
         self.temperature = temperature
         self.top_p = top_p
@@ -219,9 +232,9 @@ class TenantWatermarkProcessor(LogitsProcessor):
             context = context[plan.index]
         scheme = self.config.scheme
         if scheme is Scheme.GREEN_LIST:
-            if use_kernel:
-                return cast(torch.FloatTensor, self._green_kernel(scores, context, plan, tables))
-            return cast(torch.FloatTensor, self._green_torch(scores, context, plan, tables))
+            return cast(
+                torch.FloatTensor, self._green_layers(scores, context, plan, tables, use_kernel)
+            )
         if scheme is Scheme.GUMBEL:
             log_probs = self._log_probs(scores[plan.index])
             if use_kernel:
@@ -273,6 +286,8 @@ class TenantWatermarkProcessor(LogitsProcessor):
         active = [index for index, key in enumerate(keys) if key is not None]
         marked = [key for key in keys if key is not None]
         device = tables.device
+        # the provider's slot first, so that the tenants' (most recently used) never evict it
+        provider_slot = tables.slot(self.provider_key) if self.provider_key is not None else None
         slots = [tables.slot(key) for key in marked]
         words = np.array([key.words for key in marked], dtype=np.uint64).reshape(-1, 4)
         plan = _Plan(
@@ -285,6 +300,21 @@ class TenantWatermarkProcessor(LogitsProcessor):
             words_array=words,
             generation=tables.generation,
         )
+        if self.provider_key is not None and provider_slot is not None:
+            provider_words = np.tile(
+                np.array(self.provider_key.words, dtype=np.uint64), (len(active), 1)
+            )
+            provider_slots = np.full(len(active), provider_slot, dtype=np.int64)
+            plan = replace(
+                plan,
+                provider=replace(
+                    plan,
+                    slot=torch.from_numpy(provider_slots.copy()).to(device),
+                    slot_array=provider_slots,
+                    words=torch.from_numpy(provider_words.view(np.int64).copy()).to(device),
+                    words_array=provider_words,
+                ),
+            )
         self._plans[cache_key] = plan
         return plan
 
@@ -305,6 +335,45 @@ class TenantWatermarkProcessor(LogitsProcessor):
         seed = hashing_torch.keyed_seed(hashing_torch.context_digest([anchor]), k0)
         return _Rows(seed, context_rank)
 
+    # -- layers ----------------------------------------------------------------------------
+
+    def _green_layers(
+        self,
+        scores: torch.Tensor,
+        context: torch.Tensor,
+        plan: _Plan,
+        tables: _KeyTables,
+        use_kernel: bool,
+    ) -> torch.Tensor:
+        green = self._green_kernel if use_kernel else self._green_torch
+        config = self.config
+        layering = config.layering
+        if layering is Layering.TENANT:
+            return green(scores, context, plan, tables, config.delta)
+        if plan.provider is None:  # pragma: no cover - __init__ requires the provider key
+            raise SchemeError("the provider layer has no key")
+        if layering is Layering.STACKED:
+            marked = green(scores, context, plan, tables, config.delta)
+            return green(marked, context, plan.provider, tables, config.provider_delta)
+        if layering is Layering.SPLIT:
+            on_provider = self._provider_rows(context)
+            chosen = _choose(on_provider, plan.provider, plan)
+            return green(scores, context, chosen, tables, config.delta)
+        raise SchemeError(f"unknown layering {layering}")  # pragma: no cover - closed enum
+
+    def _provider_rows(self, context: torch.Tensor) -> torch.Tensor:
+        """SPLIT: (A,) bool, True where the row's context coin gives the step to the provider."""
+        device = context.device
+        words = self._coin_words.get(str(device))
+        if words is None:
+            if self.provider_key is None:  # pragma: no cover - checked in __init__
+                raise SchemeError("the provider layer has no key")
+            words = torch.tensor(coin_key(self.provider_key).words, dtype=torch.int64)
+            words = self._coin_words[str(device)] = words.to(device)
+        ids = context.to(torch.int64)
+        digests = hashing_torch.context_digest([ids[:, j] for j in range(ids.shape[1])])
+        return hashing_torch.position_coin(words, digests) < self.config.provider_threshold
+
     # -- torch backend ----------------------------------------------------------------------
 
     def _uniforms_torch(
@@ -320,11 +389,16 @@ class TenantWatermarkProcessor(LogitsProcessor):
         return hashing_torch.combine(seed, token_values, plan.words[:, 3].unsqueeze(1))
 
     def _green_torch(
-        self, scores: torch.Tensor, context: torch.Tensor, plan: _Plan, tables: _KeyTables
+        self,
+        scores: torch.Tensor,
+        context: torch.Tensor,
+        plan: _Plan,
+        tables: _KeyTables,
+        delta: float,
     ) -> torch.Tensor:
         green = self._uniforms_torch(context, plan, tables) < self.config.green_threshold
         out = scores.clone()
-        out[plan.index] += green.to(scores.dtype) * self.config.delta
+        out[plan.index] += green.to(scores.dtype) * delta
         return out
 
     def _gumbel_torch(
@@ -337,7 +411,12 @@ class TenantWatermarkProcessor(LogitsProcessor):
     # -- fused CPU kernel backend ---------------------------------------------------------
 
     def _green_kernel(
-        self, scores: torch.Tensor, context: torch.Tensor, plan: _Plan, tables: _KeyTables
+        self,
+        scores: torch.Tensor,
+        context: torch.Tensor,
+        plan: _Plan,
+        tables: _KeyTables,
+        delta: float,
     ) -> torch.Tensor:
         source = scores.contiguous()
         out = torch.empty_like(source)
@@ -357,7 +436,7 @@ class TenantWatermarkProcessor(LogitsProcessor):
                 *tables.arrays(),
                 self._self_hash,
                 np.uint64(self.config.green_threshold),
-                float(self.config.delta),
+                float(delta),
             )
         return out
 
@@ -391,3 +470,16 @@ class TenantWatermarkProcessor(LogitsProcessor):
             drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
             log_probs = log_probs.masked_fill(drop, float("-inf"))
         return log_probs
+
+
+def _choose(on_provider: torch.Tensor, provider: _Plan, tenant: _Plan) -> _Plan:
+    """The rows' plan for one SPLIT step: the provider's key where `on_provider` (A,) is set."""
+    mask = on_provider.cpu().numpy()
+    return replace(
+        tenant,
+        slot=torch.where(on_provider, provider.slot, tenant.slot),
+        slot_array=np.where(mask, provider.slot_array, tenant.slot_array),
+        words=torch.where(on_provider.unsqueeze(1), provider.words, tenant.words),
+        words_array=np.where(mask[:, None], provider.words_array, tenant.words_array),
+        provider=None,
+    )

@@ -18,9 +18,11 @@ from distillguard.errors import SchemeError, VocabularyMismatchError
 from distillguard.watermark.hashing import HASH_VERSION
 
 __all__ = [
+    "Layering",
     "Scheme",
     "SchemeConfig",
     "Seeding",
+    "layered_scheme",
     "tokenizer_fingerprint",
 ]
 
@@ -41,6 +43,19 @@ class Seeding(StrEnum):
     SELF_HASH = "self_hash"  # anchored min-hash over the previous width-1 tokens and the candidate
 
 
+class Layering(StrEnum):
+    """Which keys bias a watermarked row (green lists, left-hash only).
+
+    The tenant layer names an account; the provider layer is one key for every account, so its
+    trace in a student does not dilute with the number of accounts a ring spreads its harvest
+    over (docs/forensics.md).
+    """
+
+    TENANT = "tenant"  # the tenant's key alone (the original scheme)
+    SPLIT = "split"  # a keyed coin on the context picks the provider key or the tenant key
+    STACKED = "stacked"  # both green lists at every position: +delta tenant, +provider_delta
+
+
 @dataclass(frozen=True)
 class SchemeConfig:
     """A watermark scheme, optionally bound to a vocabulary.
@@ -48,6 +63,12 @@ class SchemeConfig:
     For GREEN_LIST a token is green when its uniform 32-bit value is below
     ``green_threshold = floor(gamma * 2**32)``; detection uses the exact ``effective_gamma``.
     `delta` is the logit bias added to green tokens. GUMBEL ignores gamma and delta.
+
+    `layering` adds a provider-wide layer beside the tenant's (green lists, left-hash only).
+    SPLIT: at a context whose keyed coin (`hashing.position_coin` under the provider's coin
+    key) falls below ``provider_threshold = floor(provider_share * 2**32)`` the provider key
+    biases the row, elsewhere the tenant key, both by `delta`. STACKED: both green lists at
+    every position, the tenant's by `delta` and the provider's by `provider_delta`.
     """
 
     scheme: Scheme = Scheme.GREEN_LIST
@@ -58,11 +79,15 @@ class SchemeConfig:
     vocab_size: int | None = None
     tokenizer_hash: str | None = None
     hash_version: str = HASH_VERSION
+    layering: Layering = Layering.TENANT
+    provider_share: float = 0.5  # SPLIT: the fraction of contexts the provider key biases
+    provider_delta: float = 1.0  # STACKED: the provider layer's bias
 
     def __post_init__(self) -> None:
         try:
             object.__setattr__(self, "scheme", Scheme(self.scheme))
             object.__setattr__(self, "seeding", Seeding(self.seeding))
+            object.__setattr__(self, "layering", Layering(self.layering))
         except ValueError as exc:
             raise SchemeError(str(exc)) from None
         if not 0.0 < self.gamma < 1.0:
@@ -73,6 +98,16 @@ class SchemeConfig:
             raise SchemeError(f"context_width must be in 1..64, got {self.context_width}")
         if self.vocab_size is not None and not 2 <= self.vocab_size < _TWO_POW_32:
             raise SchemeError(f"vocab_size must be in 2..2**32-1, got {self.vocab_size}")
+        if self.layering is not Layering.TENANT and (
+            self.scheme is not Scheme.GREEN_LIST or self.seeding is not Seeding.LEFT_HASH
+        ):
+            # the split coin is drawn per context, so every candidate of a row shares one key;
+            # a self-hash window contains the candidate, and Gumbel-max cannot add two biases
+            raise SchemeError("a provider layer needs a left-hash green-list scheme")
+        if not 0.0 < self.provider_share < 1.0:
+            raise SchemeError(f"provider_share must be in (0, 1), got {self.provider_share}")
+        if self.provider_delta < 0.0:
+            raise SchemeError(f"provider_delta must be >= 0, got {self.provider_delta}")
         if self.hash_version != HASH_VERSION:
             raise SchemeError(
                 f"hash version {self.hash_version!r} is not supported by this build "
@@ -88,6 +123,19 @@ class SchemeConfig:
     def effective_gamma(self) -> float:
         """The exact probability that a token is green under the null hypothesis."""
         return self.green_threshold / _TWO_POW_32
+
+    @property
+    def provider_threshold(self) -> int:
+        """SPLIT: a context whose coin is strictly below this is biased by the provider key."""
+        return int(self.provider_share * _TWO_POW_32)
+
+    @property
+    def has_provider_layer(self) -> bool:
+        return self.layering is not Layering.TENANT
+
+    def tenant_only(self) -> SchemeConfig:
+        """The same scheme without the provider layer (e.g. a second provider's)."""
+        return replace(self, layering=Layering.TENANT)
 
     @property
     def is_bound(self) -> bool:
@@ -118,6 +166,15 @@ class SchemeConfig:
             pass
         else:  # pragma: no cover - Scheme is closed
             raise SchemeError(f"unknown scheme {self.scheme}")
+        # the tenant-only scheme keeps the fingerprint it had before layers existed
+        if self.layering is Layering.SPLIT:
+            data["layering"] = self.layering.value
+            data["provider_threshold"] = self.provider_threshold
+        elif self.layering is Layering.STACKED:
+            data["layering"] = self.layering.value
+            data["provider_delta"] = repr(float(self.provider_delta))
+        elif self.layering is not Layering.TENANT:  # pragma: no cover - Layering is closed
+            raise SchemeError(f"unknown layering {self.layering}")
         return data
 
     @property
@@ -130,6 +187,12 @@ class SchemeConfig:
         data = asdict(self)
         data["scheme"] = self.scheme.value
         data["seeding"] = self.seeding.value
+        if self.layering is Layering.TENANT:
+            # the tenant-only scheme serializes as it did before layers existed
+            for name in ("layering", "provider_share", "provider_delta"):
+                del data[name]
+        else:
+            data["layering"] = self.layering.value
         return data
 
     @classmethod
@@ -147,6 +210,25 @@ class SchemeConfig:
                 f"token id {max_token_id} is outside the scheme's vocabulary of "
                 f"{self.vocab_size}: the text was tokenized with a different tokenizer"
             )
+
+
+def layered_scheme(layering: Layering | str) -> SchemeConfig:
+    """The default green-list scheme under each layering (gamma 0.25, left-hash h = 1).
+
+    TENANT and SPLIT bias each position once, by delta 2, so they cost the same perplexity;
+    STACKED biases every position twice, so each layer gets a lower delta (1.5 + 1.5).
+    The parameters are chosen in docs/forensics.md from `benchmarks/adversary.py`."""
+    try:
+        chosen = Layering(layering)
+    except ValueError as exc:
+        raise SchemeError(str(exc)) from None
+    if chosen is Layering.TENANT:
+        return SchemeConfig()
+    if chosen is Layering.SPLIT:
+        return SchemeConfig(layering=chosen, provider_share=0.5)
+    if chosen is Layering.STACKED:
+        return SchemeConfig(layering=chosen, delta=1.5, provider_delta=1.5)
+    raise SchemeError(f"unknown layering {chosen}")  # pragma: no cover - Layering is closed
 
 
 class _HasVocab(Protocol):

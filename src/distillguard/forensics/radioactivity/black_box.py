@@ -32,7 +32,30 @@ from distillguard.watermark.detector import Detector
 from distillguard.watermark.key import WatermarkKey
 from distillguard.watermark.scheme import SchemeConfig
 
-__all__ = ["black_box_focused_test", "black_box_test"]
+__all__ = [
+    "ScoredTuples",
+    "black_box_focused_test",
+    "black_box_test",
+    "black_box_tuples",
+    "focused_tuples",
+]
+
+
+@dataclass(frozen=True)
+class ScoredTuples:
+    """The distinct (context digest, token) tuples a black-box test scores, packed."""
+
+    packed: npt.NDArray[np.uint64]
+    dropped: int  # repeats, contexts seen in the prompts, and (focused) tuples not selected
+
+
+def black_box_tuples(
+    config: SchemeConfig, prompts: Sequence[Sequence[int]], outputs: Sequence[Sequence[int]]
+) -> ScoredTuples:
+    """The tuples `black_box_test` scores: kept after deduplication and the prompt filter."""
+    check_scheme(config)
+    kept = _kept_tuples(config, prompts, outputs)
+    return ScoredTuples(kept.packed, kept.dropped)
 
 
 def black_box_test(
@@ -46,7 +69,7 @@ def black_box_test(
     Detector(config)  # the same checks a detection makes
     if not keys:
         raise InputError("no keys to test")
-    kept = _kept_tuples(config, prompts, outputs)
+    kept = black_box_tuples(config, prompts, outputs)
     if kept.packed.size == 0:
         raise InputError("nothing to score: the outputs are empty or shorter than the context")
     return binomial_result("black-box", "green tuples", keys, kept.packed, kept.dropped, config)
@@ -74,10 +97,33 @@ def black_box_focused_test(
     key, so the selection is too: the kept tuples are still independent Bernoulli(gamma), and
     the p-value is the exact binomial tail.
     """
-    check_scheme(config)
-    Detector(config)
     if not keys:
         raise InputError("no keys to test")
+    focused = focused_tuples(config, prompts, outputs, ours, reference, batch_size=batch_size)
+    return binomial_result(
+        "black-box",
+        "green tuples, focused",
+        keys,
+        focused.packed,
+        focused.dropped,
+        config,
+        allow_empty=True,
+    )
+
+
+def focused_tuples(
+    config: SchemeConfig,
+    prompts: Sequence[Sequence[int]],
+    outputs: Sequence[Sequence[int]],
+    ours: Any,
+    reference: Any,
+    *,
+    batch_size: int = 16,
+) -> ScoredTuples:
+    """The tuples `black_box_focused_test` scores (see there): key-independent, so a layered
+    test may score them under any key."""
+    check_scheme(config)
+    Detector(config)
     width = config.context_width
     check_vocabulary(ours, "our model", config)
     check_vocabulary(reference, "reference", config)
@@ -95,15 +141,7 @@ def black_box_focused_test(
         dropped += int(scored.size - focus.size)
         digests = window_digests(window[:-1], width)[focus - width]
         packed.append(pack(digests, window[focus]))
-    return binomial_result(
-        "black-box",
-        "green tuples, focused",
-        keys,
-        np.concatenate(packed),
-        dropped,
-        config,
-        allow_empty=True,
-    )
+    return ScoredTuples(np.concatenate(packed), dropped)
 
 
 @dataclass(frozen=True)

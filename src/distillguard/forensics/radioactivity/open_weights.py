@@ -31,7 +31,7 @@ from distillguard.watermark.detector import Detection, attribute_detections
 from distillguard.watermark.key import WatermarkKey, key_word_array
 from distillguard.watermark.scheme import SchemeConfig
 
-__all__ = ["OpenWeightsResults", "open_weights_test"]
+__all__ = ["OpenWeightsResults", "chernoff_log10", "open_weights_test"]
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,7 @@ def _weighted_result(
         green = hashing.keyed_uniform(block, digests, tokens) < threshold
         scores = green.astype(np.float64) @ weights
         for key, score in zip(keys[first : first + chunk], scores.tolist(), strict=True):
-            log10_p = _chernoff_log10(float(score), weights, gamma)
+            log10_p = chernoff_log10(float(score), weights, gamma)
             detections.append(
                 Detection(
                     key_id=key.key_id,
@@ -164,7 +164,7 @@ def _weighted_result(
     )
 
 
-def _chernoff_log10(observed: float, weights: npt.NDArray[np.float64], gamma: float) -> float:
+def chernoff_log10(observed: float, weights: npt.NDArray[np.float64], gamma: float) -> float:
     """log10 of the Chernoff bound on P(sum w X >= observed), X ~ Bernoulli(gamma) i.i.d.
 
     Weights may be negative. They are scaled to a largest magnitude of 1 first (the bound does
