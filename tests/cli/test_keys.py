@@ -51,3 +51,36 @@ def test_creating_a_key_with_an_unknown_tier_is_a_one_line_error(tmp_path: Path)
     assert_one_line_error(run(tmp_path, *create, "--tier", "gold"), "unknown tier 'gold'")
     assert json.loads(run(tmp_path, "keys", "list", "--json")[1]) == []
     assert run(tmp_path, *create, "--tier", "throttle")[0] == 0
+
+
+def test_keys_create_stores_the_org_as_a_token_and_the_program_in_clear(tmp_path: Path) -> None:
+    assert run(tmp_path, "keys", "init")[0] == 0
+    create = ["keys", "create", "--tenant", "acme", "--rpm", "10", "--tpm", "1000"]
+    code, _, _ = run(
+        tmp_path, *create, "--org", "Acme Research", "--meta", "signup_program=education"
+    )
+    assert code == 0
+    code, out, _ = run(tmp_path, "keys", "list", "--json")
+    (listed,) = json.loads(out)
+    from distillguard.gateway.apikeys import org_token
+    from distillguard.keys import load_master_secret
+
+    assert listed["org_token"] == org_token(load_master_secret(tmp_path), "acme research")
+    assert listed["signup_program"] == "education"
+    assert "Acme" not in out
+    database = (tmp_path / "distillguard.db").read_bytes()
+    assert b"Acme Research" not in database and b"acme research" not in database
+
+
+def test_bad_account_metadata_is_a_one_line_error(tmp_path: Path) -> None:
+    assert run(tmp_path, "keys", "init")[0] == 0
+    create = ["keys", "create", "--tenant", "acme", "--rpm", "10", "--tpm", "1000"]
+    assert_one_line_error(run(tmp_path, *create, "--meta", "education"), "expected NAME=VALUE")
+    assert_one_line_error(run(tmp_path, *create, "--meta", "email=a@b.c"), "unknown key")
+    assert_one_line_error(run(tmp_path, *create, "--org", " "), "empty --org")
+    assert json.loads(run(tmp_path, "keys", "list", "--json")[1]) == []
+
+
+def test_an_org_without_a_master_secret_is_a_one_line_error(tmp_path: Path) -> None:
+    create = ["keys", "create", "--tenant", "acme", "--rpm", "10", "--tpm", "1000"]
+    assert_one_line_error(run(tmp_path, *create, "--org", "Acme"), "keys init")

@@ -1,6 +1,7 @@
 """API keys and their tiers: a key is created and served only with a tier the policy knows.
 While the key store's database is away (issue 16), a key seen before keeps working and a key
-never seen gets a 503 in OpenAI's format, never a 500."""
+never seen gets a 503 in OpenAI's format, never a 500. A key's account metadata is a short
+vocabulary in clear and its organisation a keyed token."""
 
 from __future__ import annotations
 
@@ -13,7 +14,14 @@ import httpx
 import pytest
 
 from distillguard.errors import AuthenticationError, ConfigError, ServiceUnavailableError
-from distillguard.gateway.apikeys import KeyStore, create_api_key, list_api_keys
+from distillguard.gateway.apikeys import (
+    KeyStore,
+    account_metadata,
+    create_api_key,
+    list_api_keys,
+    org_token,
+)
+from distillguard.keys.secret import MasterSecret
 from distillguard.store import connect
 
 from .conftest import Harness
@@ -110,3 +118,28 @@ def test_a_key_store_on_a_thread_bound_sqlite_connection_authenticates(tmp_path:
     key, _ = create_api_key(connection, "acme", rpm=10, tpm=1000)
     store = KeyStore(connection)
     assert asyncio.run(store.authenticate_async(key)).tenant == "acme"
+
+
+def test_account_metadata_takes_known_keys_with_short_words() -> None:
+    assert account_metadata(["signup_program=Education"]) == {"signup_program": "education"}
+    assert account_metadata([]) == {}
+    for bad, says in [
+        ("signup_program", "expected NAME=VALUE"),
+        ("=education", "expected NAME=VALUE"),
+        ("email=someone@example.org", "unknown key"),
+        ("signup_program=", "a value is a word"),
+        ("signup_program=Jane Doe's lab", "a value is a word"),
+    ]:
+        with pytest.raises(ConfigError, match=says):
+            account_metadata([bad])
+
+
+def test_an_organisation_is_a_keyed_token_folded_for_case_and_spacing() -> None:
+    master = MasterSecret(b"m" * 32, "test")
+    other = MasterSecret(b"n" * 32, "test")
+    token = org_token(master, "Acme  Research")
+    assert token == org_token(master, " acme research ") != org_token(master, "Acme")
+    assert token != org_token(other, "Acme Research")  # without the secret, no guess is tested
+    assert "acme" not in token.lower() and len(token) == 16
+    with pytest.raises(ConfigError, match="empty --org"):
+        org_token(master, "  ")

@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 from distillguard.errors import ConfigError
 from distillguard.monitor.features import FEATURES
+from distillguard.monitor.links import LINKS, LinkModel
 from distillguard.monitor.model import TIERS, RiskModel, fit_logistic
+from distillguard.monitor.requests import REQUEST_FEATURES, RequestModel
 
 
 def model(**changes: object) -> RiskModel:
@@ -78,3 +82,26 @@ def test_reasons_name_the_signals_that_push_the_score_up() -> None:
     reasons = risk.reasons(signals)
     assert reasons == ["90% of prompts ask for step-by-step reasoning"]
     assert risk.reasons(np.asarray([signal.prior for signal in FEATURES])) == []
+
+
+def test_links_requests_and_ring_thresholds_travel_with_the_model() -> None:
+    links = LinkModel(tuple(float(i) for i in range(len(LINKS))), -3.0, 0.7)
+    requests = RequestModel(tuple(0.5 for _ in REQUEST_FEATURES), -1.0)
+    risk = model(links=links, requests=requests, ring_member_floor=0.4, ring_flag=0.6)
+    loaded = RiskModel.from_json(risk.to_json())
+    assert loaded == risk
+    assert loaded.ring_threshold == 0.6
+    assert model().ring_threshold == model().flag  # no ring threshold: the flag's
+
+
+def test_a_model_file_from_before_links_loads_with_defaults() -> None:
+    data = json.loads(model().to_json())
+    for name in ("links", "requests", "ring_member_floor", "ring_flag"):
+        del data[name]
+    loaded = RiskModel.from_json(json.dumps(data))
+    assert loaded.links == LinkModel.default()
+    assert loaded.requests == RequestModel.never()
+    with pytest.raises(ConfigError, match="refit"):
+        RiskModel.from_json(
+            json.dumps(data | {"links": {"weights": [1.0], "bias": 0, "threshold": 0.5}})
+        )

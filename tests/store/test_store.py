@@ -9,7 +9,7 @@ import pytest
 
 from distillguard.errors import AuthenticationError, ConfigError
 from distillguard.gateway.apikeys import KeyStore, create_api_key, list_api_keys, revoke_api_key
-from distillguard.store import connect, describe
+from distillguard.store import Connection, connect, describe
 from distillguard.store.migrations import MIGRATIONS
 
 
@@ -115,3 +115,58 @@ def test_an_unknown_url_scheme_is_a_config_error(tmp_path: Path) -> None:
 def test_a_password_never_reaches_a_description() -> None:
     assert "hunter2" not in describe("postgresql://dg:hunter2@db.internal:5432/prod")
     assert describe("postgresql://dg:hunter2@db.internal:5432/prod").startswith("postgresql://dg:")
+
+
+def test_account_metadata_round_trips(tmp_path: Path, store_url: str | None) -> None:
+    connection = connect(tmp_path, url=store_url)
+    secret, record = create_api_key(
+        connection, "acme", rpm=10, tpm=1000, org_token="5b0eb5687620f41d", signup_program="startup"
+    )
+    assert (record.org_token, record.signup_program) == ("5b0eb5687620f41d", "startup")
+    assert KeyStore(connection).authenticate(secret) == record
+    assert list_api_keys(connection) == [record]
+    assert record.created_seconds is not None
+    connection.close()
+
+
+def test_an_existing_database_gains_the_account_metadata_columns(
+    tmp_path: Path, store_url: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = [migration for migration in MIGRATIONS if migration[0] < "008"]
+    backend = "sqlite" if store_url is None else "postgres"
+    monkeypatch.setattr(f"distillguard.store.{backend}.MIGRATIONS", before)
+    old = connect(tmp_path, url=store_url)
+    secret, _ = create_legacy_key(old)
+    old.close()
+    monkeypatch.undo()
+    migrated = connect(tmp_path, url=store_url)
+    applied = [row[0] for row in migrated.execute("SELECT name FROM _migrations")]
+    assert "008_api_key_account_metadata" in applied
+    key = KeyStore(migrated).authenticate(secret)
+    assert (key.tenant, key.org_token, key.signup_program) == ("acme", "", "")
+    migrated.close()
+
+
+def create_legacy_key(connection: Connection) -> tuple[str, str]:
+    """A key as the gateway wrote them before keys had account metadata."""
+    import hashlib
+
+    salt, secret = b"s" * 16, "legacy-secret"
+    with connection:
+        connection.execute(
+            "INSERT INTO api_keys (key_id, tenant, salt, secret_hash, rpm, tpm, daily_tokens, "
+            "concurrency, tier, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                "0123456789ab",
+                "acme",
+                salt,
+                hashlib.sha256(salt + secret.encode()).digest(),
+                10,
+                1000,
+                None,
+                8,
+                "normal",
+                "2026-01-01T00:00:00.000000Z",
+            ),
+        )
+    return f"dg-0123456789ab-{secret}", "0123456789ab"

@@ -97,6 +97,20 @@ def keys_tenant(
     show_default=True,
     help="Policy tier: normal, watch, throttle or block; any other name is refused.",
 )
+@click.option(
+    "--org",
+    default=None,
+    help="The organisation the key is for. Stored only as a keyed hash (under the master "
+    "secret), which the harvest monitor compares across keys; the name is never stored.",
+)
+@click.option(
+    "--meta",
+    "meta",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Account metadata, repeatable: signup_program=WORD (e.g. education, startup), "
+    "stored and shown in clear.",
+)
 @click.pass_obj
 def keys_create(
     state: State,
@@ -106,12 +120,21 @@ def keys_create(
     daily_tokens: int | None,
     concurrency: int,
     tier: str,
+    org: str | None,
+    meta: tuple[str, ...],
 ) -> None:
-    """Create an API key for a tenant and print it once (only its salted hash is stored)."""
-    from distillguard.gateway.apikeys import create_api_key
+    """Create an API key for a tenant and print it once (only its salted hash is stored).
+
+    The key's creation time, its organisation (--org, as a keyed hash) and sign-up program
+    (--meta signup_program=...) reach the harvest monitor with each of its requests.
+    """
+    from distillguard.gateway.apikeys import account_metadata, create_api_key, org_token
     from distillguard.gateway.policy import check_tier_name
+    from distillguard.keys import load_master_secret
 
     check_tier_name(tier)  # before the database is touched
+    metadata = account_metadata(meta)
+    token = org_token(load_master_secret(state.home), org) if org is not None else ""
     with closing(state.connect()) as connection:
         secret, record = create_api_key(
             connection,
@@ -121,6 +144,8 @@ def keys_create(
             daily_tokens=daily_tokens,
             concurrency=concurrency,
             tier=tier,
+            org_token=token,
+            signup_program=metadata.get("signup_program", ""),
         )
     click.echo(f"key id  {record.key_id}\ntenant  {record.tenant}\napi key {secret}")
     click.echo("(the API key is shown once; store it now)", err=True)

@@ -143,6 +143,35 @@ __all__ = ["serve"]
     help="The most an answer waits for its usage record to be safe (journaled and fsynced, or "
     "committed while the database lags); past it the answer is a 503 audit_unavailable.",
 )
+@click.option(
+    "--trusted-proxy",
+    "trusted_proxies",
+    multiple=True,
+    envvar="DISTILLGUARD_TRUSTED_PROXIES",
+    metavar="CIDR",
+    help="A proxy or load balancer in front of the gateway (address or CIDR; repeatable) [env "
+    "DISTILLGUARD_TRUSTED_PROXIES, space-separated]. Only for requests from these is the "
+    "client address read from --proxy-header; otherwise it is the socket's peer.",
+)
+@click.option(
+    "--proxy-header",
+    type=click.Choice(["x-forwarded-for", "forwarded"]),
+    envvar="DISTILLGUARD_PROXY_HEADER",
+    default="x-forwarded-for",
+    show_default=True,
+    help="The header the trusted proxies append the client's address to (forwarded: RFC 7239 "
+    "for=) [env DISTILLGUARD_PROXY_HEADER]. The other one is ignored: clients can send it.",
+)
+@click.option(
+    "--identity-retention-days",
+    type=click.FloatRange(min=0, min_open=True),
+    envvar="DISTILLGUARD_IDENTITY_RETENTION_DAYS",
+    default=30.0,
+    show_default=True,
+    help="The monitor forgets a client's identity tokens (keyed hashes of its address, network, "
+    "user agent, header order) this many days after it last saw them [env "
+    "DISTILLGUARD_IDENTITY_RETENTION_DAYS].",
+)
 @click.pass_obj
 def serve(
     state: State,
@@ -170,6 +199,9 @@ def serve(
     admin_host: str,
     admin_port: int,
     journal_wait_ms: float,
+    trusted_proxies: tuple[str, ...],
+    proxy_header: str,
+    identity_retention_days: float,
 ) -> None:
     """Run the OpenAI-compatible gateway (the embedded model unless --model or --upstream).
 
@@ -180,22 +212,19 @@ def serve(
     the data directory before answering, and commits it to the database in the background;
     at start, journals left by dead processes are replayed. On first start it creates the
     master secret and a demo API key, printed once. The harvest monitor watches every key and
-    moves harvesters up the tiers (watch, throttle, block). The admin API (/v1/admin/...) listens
-    on its own address (--admin-host, --admin-port) and is on when DISTILLGUARD_ADMIN_TOKEN is
-    set; requests to it carry that token as a bearer token.
+    moves harvesters up the tiers (watch, throttle, block); behind a load balancer, name it
+    with --trusted-proxy so that the monitor tells clients apart. The admin API
+    (/v1/admin/...) listens on its own address (--admin-host, --admin-port) and is on when
+    DISTILLGUARD_ADMIN_TOKEN is set; requests to it carry that token as a bearer token.
     """
     require("uvicorn", "gateway")
 
     from distillguard.gateway.admin_client import admin_token_from_env
     from distillguard.gateway.listeners import Listener, run_listeners
-    from distillguard.gateway.server import build_server, prepare_home
+    from distillguard.gateway.origin import TrustedProxies
+    from distillguard.gateway.server import build_server
 
-    if upstream_kind == "vllm" and not upstream:
-        raise ConfigError("--upstream-kind vllm needs --upstream URL: the vLLM server to proxy")
-    if workers > 1 and not redis:
-        raise ConfigError(
-            "--workers above 1 needs --redis: limits and the monitor must be shared by the workers"
-        )
+    _check_pairings(upstream_kind, upstream, workers, redis)
     _hand_tsa_to_anchorer(anchor_tsa, anchor_tsa_cert)
     options: dict[str, Any] = {
         "home": state.home,
@@ -218,16 +247,12 @@ def serve(
         "limiter_fail_open": limiter_fail_open,
         "journal_fsync_ms": journal_fsync_ms,
         "journal_wait_ms": journal_wait_ms,
+        "trusted_proxies": TrustedProxies.parse(trusted_proxies, proxy_header),
+        "identity_retention_days": identity_retention_days,
     }
     if workers > 1:
-        from distillguard.gateway.workers import serve_workers
-
-        demo_key = prepare_home(state.home, state.database)
-        if demo_key is not None:
-            click.echo(f"demo API key (tenant demo, shown once): {demo_key}")
-        click.echo(f"serving on http://{host}:{port}/v1 with {workers} workers", err=True)
-        serve_workers(
-            options, host, port, workers, admin=(admin_host, admin_port) if admin_port else None
+        _serve_workers(
+            options, host, port, workers, (admin_host, admin_port) if admin_port else None
         )
         return
     server = build_server(**options)
@@ -244,6 +269,32 @@ def serve(
         )
     finally:
         server.close()
+
+
+def _check_pairings(
+    upstream_kind: str, upstream: str | None, workers: int, redis: str | None
+) -> None:
+    """Options that need another one, refused in one line before anything starts."""
+    if upstream_kind == "vllm" and not upstream:
+        raise ConfigError("--upstream-kind vllm needs --upstream URL: the vLLM server to proxy")
+    if workers > 1 and not redis:
+        raise ConfigError(
+            "--workers above 1 needs --redis: limits and the monitor must be shared by the workers"
+        )
+
+
+def _serve_workers(
+    options: dict[str, Any], host: str, port: int, workers: int, admin: tuple[str, int] | None
+) -> None:
+    """`workers` gateway processes on one port, after the one-time preparation of the home."""
+    from distillguard.gateway.server import prepare_home
+    from distillguard.gateway.workers import serve_workers
+
+    demo_key = prepare_home(options["home"], options["database"])
+    if demo_key is not None:
+        click.echo(f"demo API key (tenant demo, shown once): {demo_key}")
+    click.echo(f"serving on http://{host}:{port}/v1 with {workers} workers", err=True)
+    serve_workers(options, host, port, workers, admin=admin)
 
 
 def _hand_tsa_to_anchorer(url: str | None, cert: Path | None) -> None:

@@ -6,24 +6,33 @@ limits, tiers, metering, audit, the monitor hook) on a simulated clock, against 
 upstream that answers at once with a plausible completion length. The gateway's monitor
 events are recorded with each account's ground truth; detectors are then scored by replaying
 them (`distillguard.experiments.evaluate`).
+
+Each request arrives from its planned client (the ASGI scope's peer address, its user agent and
+header order) and each key has its planned sign-up time, organisation and program. Until the
+gateway fills in a monitor event's origin fields itself, the simulator's recorder does, with the
+monitor's own keyed hashing (`monitor.identity`), from what it sent; the account metadata
+always comes from the plan (the simulator's keys are all created at the same real moment).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import tempfile
 import zlib
 from collections.abc import AsyncGenerator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from distillguard.experiments.network import Client
 from distillguard.experiments.population import (
     MAX_TOKENS_CAP,
     MODEL,
+    AccountMeta,
     PlannedRequest,
     Planner,
     Population,
@@ -35,6 +44,7 @@ from distillguard.gateway.backends import UpstreamBackend
 from distillguard.gateway.backends.client import Upstream, UpstreamReply
 from distillguard.gateway.ratelimit import MemoryRateLimiter
 from distillguard.monitor.events import MonitorEvent, MonitorHook
+from distillguard.monitor.identity import IdentityHasher, IdentityKind
 from distillguard.monitor.monitor import Monitor
 from distillguard.monitor.text import asks_for_reasoning
 from distillguard.store import connect
@@ -122,15 +132,20 @@ class SimulatedUpstream(Upstream):
 
 
 class _Recorder:
-    """Records every event the gateway hands over, and passes it on: to a monitor processed
-    in step with the traffic (`live`), or to any hook (a threaded monitor)."""
+    """Records every event the gateway hands over, with the origin and account metadata of the
+    request in flight, and passes it on: to a monitor processed in step with the traffic
+    (`live`), or to any hook (a threaded monitor)."""
 
-    def __init__(self, live: Monitor | None, hook: MonitorHook | None) -> None:
+    def __init__(self, live: Monitor | None, hook: MonitorHook | None, hasher: IdentityHasher):
         self.events: list[MonitorEvent] = []
         self.live = live
         self.hook = hook
+        self.hasher = hasher
+        self.client: Client | None = None  # of the request in flight (the driver sets it)
+        self.meta: dict[str, AccountMeta] = {}  # key id -> sign-up
 
     def observe(self, event: MonitorEvent) -> None:
+        event = self._with_origin(event)
         self.events.append(event)
         if self.live is not None:
             self.live.observe(event)
@@ -138,15 +153,50 @@ class _Recorder:
         elif self.hook is not None:
             self.hook.observe(event)
 
+    def _with_origin(self, event: MonitorEvent) -> MonitorEvent:
+        changes: dict[str, Any] = {}
+        if not event.address and self.client is not None:
+            identity = self.hasher.request(
+                self.client.address, self.client.user_agent, self.client.headers
+            )
+            changes |= {
+                "address": identity.address,
+                "network": identity.network,
+                "agent": identity.agent,
+                "header_fingerprint": identity.header_fingerprint,
+            }
+        meta = self.meta.get(event.account)
+        if meta is not None:
+            changes |= {
+                "org": self.hasher.token(IdentityKind.ORG, meta.org),
+                "signup_program": meta.program,
+                "created_at": meta.created_at,
+            }
+        return replace(event, **changes) if changes else event
+
     def tier_of(self, account: str) -> str:
         if self.live is not None:
             return self.live.tier_of(account)
         return self.hook.tier_of(account) if self.hook is not None else "normal"
 
 
-async def _call(app: Any, path: str, api_key: str, body: dict[str, Any]) -> int:
-    """One POST through the ASGI app; returns the status (the body is read and dropped)."""
+async def _call(
+    app: Any, path: str, api_key: str, body: dict[str, Any], client: Client | None = None
+) -> int:
+    """One POST through the ASGI app from `client`; returns the status (the body is read and
+    dropped)."""
     payload = json.dumps(body).encode()
+    values = {
+        "host": b"simulator",
+        "authorization": f"Bearer {api_key}".encode(),
+        "content-type": b"application/json",
+        "content-length": str(len(payload)).encode(),
+        "user-agent": (client.user_agent if client else "simulator").encode(),
+    }
+    # the client's own order; what it lacks of the request's essentials goes last
+    order = list(client.headers) if client else []
+    order += [name for name in values if name not in order]
+    headers = [(name.encode(), values.get(name, b"*")) for name in order]
     scope = {
         "type": "http",
         "asgi": {"version": "3.0"},
@@ -157,13 +207,8 @@ async def _call(app: Any, path: str, api_key: str, body: dict[str, Any]) -> int:
         "raw_path": path.encode(),
         "query_string": b"",
         "root_path": "",
-        "headers": [
-            (b"host", b"simulator"),
-            (b"authorization", f"Bearer {api_key}".encode()),
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(payload)).encode()),
-        ],
-        "client": ("127.0.0.1", 1),
+        "headers": headers,
+        "client": (client.address if client else "127.0.0.1", 40_000),
         "server": ("simulator", 80),
     }
     sent = False
@@ -209,19 +254,25 @@ def simulate(
     planner = Planner(rng, population, benign, harvest, fold)
     requests = planner.plan()
     clock = _Clock()
-    recorder = _Recorder(monitor, hook)
+    identity_key = hashlib.sha256(f"distillguard-simulation-{seed}".encode()).digest()
+    recorder = _Recorder(monitor, hook, IdentityHasher(identity_key))
     with tempfile.TemporaryDirectory(prefix="distillguard-sim-") as home:
-        connection = connect(Path(home))
+        # shared: the key store may read it from a worker thread
+        connection = connect(Path(home), shared=True)
         created = {
             account: create_api_key(connection, tenant=account, rpm=120, tpm=2_000_000)
             for account in planner.truth
         }
         api_keys = {account: secret for account, (secret, _) in created.items()}
         key_ids = {account: record.key_id for account, (_, record) in created.items()}
+        recorder.meta = {key_ids[a]: meta for a, meta in planner.meta.items()}
+        keys = KeyStore(connection)
+        for secret in api_keys.values():  # read every key once, here: none waits on a thread
+            keys.authenticate(secret)
         audit = AuditLog(lambda: connect(Path(home), shared=True), store_text=False)
         gateway = Gateway(
             UpstreamBackend(SimulatedUpstream(), (MODEL,), max_tokens=MAX_TOKENS_CAP),
-            KeyStore(connection),
+            keys,
             audit,
             GatewaySettings(
                 store_text=False,
@@ -231,7 +282,9 @@ def simulate(
             limiter=MemoryRateLimiter(clock=clock),
             monitor=recorder,
         )
-        driver = _Driver(gateway.app, clock, api_keys, key_ids, retry_plain=monitor is not None)
+        driver = _Driver(
+            gateway.app, clock, recorder, api_keys, key_ids, retry_plain=monitor is not None
+        )
         asyncio.run(driver.run(requests, progress))
         audit.close()
         connection.close()
@@ -254,6 +307,7 @@ class _Driver:
 
     app: Any
     clock: _Clock
+    recorder: _Recorder
     api_keys: dict[str, str]  # account -> API key
     key_ids: dict[str, str]  # account -> API key id
     retry_plain: bool  # after a 400 (a tier's caps), ask again without the extras
@@ -281,14 +335,15 @@ class _Driver:
     async def send(self, request: PlannedRequest) -> int:
         path = "/v1/chat/completions" if request.chat else "/v1/completions"
         api_key = self.api_keys[request.account]
-        status = await _call(self.app, path, api_key, request.body)
+        self.recorder.client = request.client
+        status = await _call(self.app, path, api_key, request.body, request.client)
         if status == 400 and self.retry_plain:  # tier caps: ask again without extras
             plain = {
                 k: v
                 for k, v in request.body.items()
                 if k not in ("n", "logprobs", "top_logprobs", "max_tokens")
             }
-            status = await _call(self.app, path, api_key, plain)
+            status = await _call(self.app, path, api_key, plain, request.client)
         return status
 
 

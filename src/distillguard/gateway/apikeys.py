@@ -6,6 +6,11 @@ per-key random salt. Authentication recomputes the hash and compares with
 `hmac.compare_digest`; an unknown key id is hashed against a dummy salt all the same, so the
 time taken does not tell which part was wrong.
 
+A key carries its account's metadata for the harvest monitor: the organisation it was created
+for, kept only as a keyed-hash token (`org_token`: HMAC under the monitor's identity key, the
+token the monitor compares; the name itself is never stored), its sign-up program (a short
+word such as "education", in clear) and its creation time.
+
 A key's tier must be one the policy knows: creating a key with any other is refused, and a
 stored key whose tier is unknown (written by hand, or by an older version) fails to
 authenticate, saying why; it never falls back to some tier's privileges.
@@ -17,10 +22,13 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import re
 import secrets
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import cast
 
 from distillguard.errors import (
@@ -30,15 +38,30 @@ from distillguard.errors import (
     ServiceUnavailableError,
 )
 from distillguard.gateway.policy import TIER_RANK, check_tier_name
+from distillguard.keys.derive import monitor_identity_key
+from distillguard.keys.secret import MasterSecret
+from distillguard.monitor.identity import IdentityKind, identity_token
 from distillguard.store.base import Connection
 
 __all__ = [
+    "ACCOUNT_META_KEYS",
     "ApiKey",
     "KeyStore",
+    "account_metadata",
     "create_api_key",
     "list_api_keys",
+    "org_token",
     "revoke_api_key",
 ]
+
+# what `--meta k=v` may set: words from a small vocabulary, stored and shown in clear. Free
+# text (a name, an e-mail address) has no place here: what identifies someone is hashed.
+ACCOUNT_META_KEYS = ("signup_program",)
+_META_VALUE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,31}")
+_COLUMNS = (
+    "key_id, tenant, rpm, tpm, daily_tokens, concurrency, tier, created_at, revoked_at, "
+    "org_token, signup_program"
+)
 
 _PREFIX = "dg"
 _DUMMY_SALT = b"\0" * 16
@@ -57,6 +80,55 @@ class ApiKey:
     tier: str
     created_at: str
     revoked_at: str | None
+    org_token: str = ""  # the organisation's keyed-hash token ("" = none given)
+    signup_program: str = ""  # e.g. "education", "startup" ("" = none given)
+
+    @property
+    def created_seconds(self) -> float | None:
+        """`created_at` in seconds since the epoch (None when it cannot be read)."""
+        return _epoch_seconds(self.created_at)
+
+
+@lru_cache(maxsize=65_536)  # per request, for the monitor's event: parse each key's once
+def _epoch_seconds(timestamp: str) -> float | None:
+    try:
+        return datetime.fromisoformat(timestamp).timestamp()
+    except ValueError:
+        return None
+
+
+def org_token(master: MasterSecret, org: str) -> str:
+    """The token an organisation is stored and monitored as: HMAC under the monitor's
+    identity key (`keys.derive.monitor_identity_key`) of its name, case and spacing folded
+    ("Acme  Labs" and "acme labs" are one organisation)."""
+    name = " ".join(org.split()).casefold()
+    if not name:
+        raise ConfigError("an organisation needs a name (got an empty --org)")
+    return identity_token(monitor_identity_key(master), IdentityKind.ORG, name)
+
+
+def account_metadata(pairs: Iterable[str]) -> dict[str, str]:
+    """`k=v` strings (`keys create --meta`) as a dict, each key one of ACCOUNT_META_KEYS and
+    each value a short lowercase word; ConfigError, saying which, otherwise."""
+    metadata: dict[str, str] = {}
+    for pair in pairs:
+        name, equals, value = pair.partition("=")
+        name, value = name.strip(), value.strip().lower()
+        if not equals or not name:
+            raise ConfigError(
+                f"--meta {pair!r}: expected NAME=VALUE, as in signup_program=education"
+            )
+        if name not in ACCOUNT_META_KEYS:
+            raise ConfigError(
+                f"--meta {name!r}: unknown key; known: {', '.join(ACCOUNT_META_KEYS)}"
+            )
+        if not _META_VALUE.fullmatch(value):
+            raise ConfigError(
+                f"--meta {name}={value!r}: a value is a word of at most 32 lowercase letters, "
+                "digits, '_', '.' or '-'"
+            )
+        metadata[name] = value
+    return metadata
 
 
 def _now() -> str:
@@ -76,8 +148,13 @@ def create_api_key(
     daily_tokens: int | None = None,
     concurrency: int = 8,
     tier: str = "normal",
+    org_token: str = "",
+    signup_program: str = "",
 ) -> tuple[str, ApiKey]:
-    """Create a key for `tenant`; returns (the key to hand out once, its stored record)."""
+    """Create a key for `tenant`; returns (the key to hand out once, its stored record).
+
+    `org_token` is the organisation's token (`org_token()`), never its name; `signup_program`
+    a word from `account_metadata`."""
     if not tenant:
         raise ConfigError("a key needs a tenant")
     if rpm < 1 or tpm < 1 or concurrency < 1 or (daily_tokens is not None and daily_tokens < 1):
@@ -86,11 +163,26 @@ def create_api_key(
     key_id = secrets.token_hex(6)
     secret = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
     salt = secrets.token_bytes(16)
-    record = ApiKey(key_id, tenant, rpm, tpm, daily_tokens, concurrency, tier, _now(), None)
+    if signup_program and not _META_VALUE.fullmatch(signup_program):
+        raise ConfigError(f"sign-up program {signup_program!r} is not a short lowercase word")
+    record = ApiKey(
+        key_id,
+        tenant,
+        rpm,
+        tpm,
+        daily_tokens,
+        concurrency,
+        tier,
+        _now(),
+        None,
+        org_token,
+        signup_program,
+    )
     with connection:
         connection.execute(
             "INSERT INTO api_keys (key_id, tenant, salt, secret_hash, rpm, tpm, daily_tokens, "
-            "concurrency, tier, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "concurrency, tier, created_at, org_token, signup_program) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 key_id,
                 tenant,
@@ -102,16 +194,15 @@ def create_api_key(
                 concurrency,
                 tier,
                 record.created_at,
+                org_token,
+                signup_program,
             ),
         )
     return f"{_PREFIX}-{key_id}-{secret}", record
 
 
 def list_api_keys(connection: Connection) -> list[ApiKey]:
-    rows = connection.execute(
-        "SELECT key_id, tenant, rpm, tpm, daily_tokens, concurrency, tier, created_at, revoked_at "
-        "FROM api_keys ORDER BY created_at"
-    )
+    rows = connection.execute(f"SELECT {_COLUMNS} FROM api_keys ORDER BY created_at")  # noqa: S608
     return [ApiKey(*row) for row in rows]
 
 
@@ -170,8 +261,7 @@ class KeyStore:
     def _fetch(self, key_id: str) -> tuple[bytes, bytes, ApiKey] | None:
         try:
             row = self._connection.execute(
-                "SELECT salt, secret_hash, key_id, tenant, rpm, tpm, daily_tokens, concurrency, "
-                "tier, created_at, revoked_at FROM api_keys WHERE key_id = ?",
+                f"SELECT salt, secret_hash, {_COLUMNS} FROM api_keys WHERE key_id = ?",  # noqa: S608 - fixed names
                 (key_id,),
             ).fetchone()
         except Exception as exc:  # the database is away: a key seen before keeps working

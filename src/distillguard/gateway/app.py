@@ -45,6 +45,7 @@ from distillguard.gateway.metering import (
 )
 from distillguard.gateway.metrics import Metrics
 from distillguard.gateway.openapi import openapi_document
+from distillguard.gateway.origin import Origins
 from distillguard.gateway.policy import Tier, enforce_tier, higher_tier
 from distillguard.gateway.protocol import error_body, parse_body
 from distillguard.gateway.ratelimit import (
@@ -59,6 +60,7 @@ from distillguard.gateway.reading import authenticate, read_json
 from distillguard.gateway.settings import GatewaySettings
 from distillguard.gateway.settled import SettledStream, until_disconnected
 from distillguard.monitor.events import MonitorHook
+from distillguard.monitor.identity import IdentityHasher
 from distillguard.store.audit import AuditLog
 
 __all__ = ["Gateway", "GatewaySettings"]
@@ -67,7 +69,9 @@ log = logging.getLogger("distillguard.gateway")
 
 
 class Gateway:
-    """Builds the ASGI app around a backend, a key store, a rate limiter and an audit log."""
+    """Builds the ASGI app around a backend, a key store, a rate limiter and an audit log.
+
+    With `identity`, the monitor's events carry who sent each request, as its tokens."""
 
     def __init__(
         self,
@@ -78,6 +82,7 @@ class Gateway:
         *,
         limiter: RateLimiter | None = None,
         monitor: MonitorHook | None = None,
+        identity: IdentityHasher | None = None,
     ) -> None:
         settings = settings or GatewaySettings()
         self.backend = backend
@@ -86,6 +91,7 @@ class Gateway:
         self.settings = settings
         self.limiter = limiter or MemoryRateLimiter()
         self.monitor = monitor
+        self.origins = Origins(settings.trusted_proxies, identity)
         self.tiers = dict(settings.tiers)  # a copy: per-gateway changes stay local
         self.max_body_bytes = settings.max_body_bytes
         self.metrics = Metrics()
@@ -172,6 +178,7 @@ class Gateway:
     async def _answer(self, request: Request, *, chat: bool) -> Response:
         """Serve the request; the answer leaves once its usage record is safe."""
         call = Call.start("chat.completions" if chat else "completions")
+        call.scope = request.scope
         self.backend.begin(call)
         async with call.held:  # settles the admission on every way out; a stream takes it over
             response = await self._serve(request, call, chat=chat)
@@ -356,8 +363,8 @@ class Gateway:
         if self.monitor is not None and call.parsed is not None:
             started = time.perf_counter()
             now = self.settings.clock()
-            cap = self.backend.max_tokens_cap
-            self.monitor.observe(monitor_event(call, key, call.parsed, status, now, cap))
+            cap, origin = self.backend.max_tokens_cap, self.origins.of(call.scope)
+            self.monitor.observe(monitor_event(call, key, call.parsed, status, now, cap, origin))
             self.monitor_seconds += time.perf_counter() - started
             self.monitor_calls += 1
         record = usage_record(call, key, status, outcome, self.model_name, self.settings.store_text)

@@ -1,6 +1,9 @@
 """Metering: what one request accumulates, the usage row and monitor event made of it, the
 bounded wait for that row to be safe, and the rate-limit headers every answer carries once
-its key is known."""
+its key is known.
+
+Who sent the request (client address, user agent, header order) reaches the monitor's event
+as keyed-hash tokens only (`gateway/origin.py`); the usage row keeps none of it."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import logging
 import math
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -22,6 +26,7 @@ from distillguard.gateway.fields import audit_parameters
 from distillguard.gateway.protocol import ParsedRequest
 from distillguard.gateway.ratelimit import Admission, Refusal, Snapshot, format_duration
 from distillguard.monitor.events import MonitorEvent
+from distillguard.monitor.identity import RequestIdentity
 from distillguard.store.usage import UsageRecord
 
 __all__ = [
@@ -67,6 +72,8 @@ class Call:
     fingerprint: str | None = None  # the watermark scheme's, when a key marked the output
     committed: asyncio.Future[None] | None = None  # its record is safe (AuditLog.submit)
     finished: bool = False
+    # the ASGI scope: who sent the request, read (`Origins.of`) only for the monitor's event
+    scope: Mapping[str, Any] | None = None
     # the admission, held until the call ends (`ratelimit.admitted`); a stream takes it over
     held: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
 
@@ -81,8 +88,17 @@ class Call:
 
 
 def monitor_event(
-    call: Call, key: ApiKey, parsed: ParsedRequest, status: int, now: float, max_tokens_cap: int
+    call: Call,
+    key: ApiKey,
+    parsed: ParsedRequest,
+    status: int,
+    now: float,
+    max_tokens_cap: int,
+    origin: RequestIdentity | None = None,
 ) -> MonitorEvent:
+    """The monitor's event for a call: what was asked and served, the origin's tokens (none
+    given: unknown) and the key's account metadata (its organisation as a token already)."""
+    origin = origin or RequestIdentity()
     return MonitorEvent(
         time=now,
         account=key.key_id,
@@ -96,6 +112,13 @@ def monitor_event(
         n=parsed.n,
         logprobs=parsed.logprobs,
         status=status,
+        address=origin.address,
+        network=origin.network,
+        agent=origin.agent,
+        header_fingerprint=origin.header_fingerprint,
+        org=key.org_token,
+        signup_program=key.signup_program,
+        created_at=key.created_seconds,
     )
 
 

@@ -27,14 +27,16 @@ from distillguard.gateway.backends.client import Upstream
 from distillguard.gateway.backends.vllm import VllmBackend
 from distillguard.gateway.budgets import Budgets
 from distillguard.gateway.console import Console, ConsoleConfig
-from distillguard.gateway.policy import load_policy
+from distillguard.gateway.origin import TrustedProxies
+from distillguard.gateway.policy import Policy, load_policy
 from distillguard.gateway.ratelimit import Limits, RateLimiter, limiter_from_url
 from distillguard.gateway.review import ReviewedMonitor
 from distillguard.keys import derive_tenant_key, init_master_secret, record_commitment
-from distillguard.keys.derive import journal_key
+from distillguard.keys.derive import journal_key, monitor_identity_key
 from distillguard.keys.secret import MasterSecret
 from distillguard.monitor.events import MonitorHook
 from distillguard.monitor.history import TierHistory
+from distillguard.monitor.identity import IdentityHasher
 from distillguard.monitor.model import RiskModel
 from distillguard.monitor.monitor import Monitor
 from distillguard.store import Connection, connect
@@ -47,7 +49,9 @@ from distillguard.store.journal import Journal
 from distillguard.watermark.key import WatermarkKey
 from distillguard.watermark.scheme import SchemeConfig, tokenizer_fingerprint
 
-__all__ = ["Server", "build_server"]
+__all__ = ["DEFAULT_IDENTITY_RETENTION_DAYS", "Server", "build_server"]
+
+DEFAULT_IDENTITY_RETENTION_DAYS = 30.0  # how long the monitor keeps a client's tokens
 
 
 @dataclass
@@ -129,14 +133,18 @@ def build_server(
     journal_wait_ms: float = 1000.0,
     anchor: Path | None = None,
     anchor_seconds: float = 60.0,
+    trusted_proxies: TrustedProxies | None = None,
+    identity_retention_days: float = DEFAULT_IDENTITY_RETENTION_DAYS,
 ) -> Server:
     """The gateway on a model (or an upstream URL), with state in `home` (or `database`).
 
     Creates a demo API key if there is none (unless `create_demo_key` is off: replicas leave
     that to the process that starts them). In upstream mode the served model names are read
     from the upstream's /models once, at start. With `monitor`, the harvest monitor runs on a
-    background thread; tiers recorded before a restart are restored. With `redis`, limits
-    and the monitor are shared with every replica on that Redis. Records are journaled first.
+    background thread; tiers recorded before a restart are restored; it forgets identity
+    tokens `identity_retention_days` after it last saw them. The client address is the
+    socket's peer, or what `trusted_proxies` forward. With `redis`, limits and the monitor are
+    shared with every replica on that Redis. Records are journaled first.
     """
     if upstream_kind not in ("openai", "vllm"):
         raise ConfigError(f"unknown upstream kind {upstream_kind!r}: openai or vllm")
@@ -149,19 +157,7 @@ def build_server(
     limiter = limiter_from_url(redis, fail_open=limiter_fail_open)
     watcher: Monitor | SharedMonitorLike | None = None
     if monitor:
-        risk = RiskModel.load(risk_model)
-        if rules.thresholds:
-            risk = risk.with_thresholds(**rules.thresholds)
-        history = TierHistory(lambda: connect(home, shared=True, url=database))
-        local = Monitor(risk, on_tier_change=history.record)
-        if redis is None:
-            local.restore(history.latest())
-            watcher = local
-        else:
-            from distillguard.monitor.shared import SharedMonitor
-
-            watcher = SharedMonitor(local, redis, restore=history.latest)
-        watcher = _reviewed(watcher, rules.review, home, database)
+        watcher = _monitor(home, database, redis, rules, risk_model, identity_retention_days)
     connection = connect(home, shared=True, url=database)
     engine: Engine | None = None
     backend: Backend[Any]
@@ -193,15 +189,51 @@ def build_server(
         store_text=store_text,
         admin_token=admin_token,
         audit_wait=journal_wait_ms / 1000,
+        trusted_proxies=trusted_proxies or TrustedProxies(),
     )
+    identity = IdentityHasher(monitor_identity_key(master))
     gateway = Gateway(
-        backend, KeyStore(connection), audit, settings, limiter=limiter, monitor=watcher
+        backend,
+        KeyStore(connection),
+        audit,
+        settings,
+        limiter=limiter,
+        monitor=watcher,
+        identity=identity,
     )
     if watcher is not None:
         watcher.start()
     anchor = anchor or data_dir(home) / ANCHOR_FILE
     console = _console(gateway, home, database, anchor, engine, upstream_tokenizer, rules.review)
     return Server(gateway, engine, audit, connection, demo_key, watcher, limiter, anchorer, console)
+
+
+def _monitor(
+    home: Path,
+    database: str | None,
+    redis: str | None,
+    rules: Policy,
+    risk_model: Path | None,
+    identity_retention_days: float,
+) -> Monitor | SharedMonitorLike:
+    """The harvest monitor: the risk model under the policy's thresholds, its tier history
+    restored (in this process, or through Redis for every replica), reviewed tiers held, and
+    identity tokens forgotten `identity_retention_days` after they were last seen."""
+    risk = RiskModel.load(risk_model)
+    if rules.thresholds:
+        risk = risk.with_thresholds(**rules.thresholds)
+    history = TierHistory(lambda: connect(home, shared=True, url=database))
+    retention = identity_retention_days * 86_400.0
+    local = Monitor(risk, on_tier_change=history.record, identity_retention=retention)
+    watcher: Monitor | SharedMonitorLike
+    if redis is None:
+        local.restore(history.latest())
+        watcher = local
+    else:
+        from distillguard.monitor.shared import SharedMonitor
+
+        watcher = SharedMonitor(local, redis, restore=history.latest)
+    return _reviewed(watcher, rules.review, home, database)
 
 
 def _reviewed(

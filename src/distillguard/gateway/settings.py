@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from distillguard.errors import ConfigError
+from distillguard.gateway.origin import TrustedProxies
 from distillguard.gateway.policy import DEFAULT_TIERS, TIER_RANK, Tier
 from distillguard.gateway.ratelimit import WINDOW, Limits
 
@@ -25,6 +26,8 @@ class GatewaySettings:
     process to lose, turns it off), and `audit_wait` bounds that wait in seconds: past it the
     answer is a 503 `audit_unavailable` (the record stays queued and journaled).
     `monthly_budget` gives a tenant's monthly token budget, or None (`gateway/budgets.py`).
+    `trusted_proxies` are the proxies whose forwarding header names the client's address
+    (`gateway/origin.py`); none by default: the socket's peer is the client.
 
     `tiers` names every tier and no other: a key's tier that had no entry would otherwise be
     served with no limits at all.
@@ -40,6 +43,7 @@ class GatewaySettings:
     audit_wait: float = 1.0
     clock: Callable[[], float] = time.time
     monthly_budget: Callable[[str], int | None] | None = None
+    trusted_proxies: TrustedProxies = field(default_factory=TrustedProxies)
 
     def __post_init__(self) -> None:
         if set(self.tiers) != set(TIER_RANK):

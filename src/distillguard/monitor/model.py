@@ -1,24 +1,29 @@
 """The risk model: a logistic score in [0, 1] over the standardized signals, its tier
-thresholds, and the reasons behind a score in words.
+thresholds, the reasons behind a score in words, and the link model that groups accounts into
+rings (`monitor.links`), fitted with it.
 
-Weights and thresholds are fitted (`fit_risk_model`) on simulated traffic from one fold of the
-prompt sources and evaluated on another (benchmarks/monitor.py). The shipped
-`default_risk_model.json` is such a fit; `distillguard serve --policy` can point at another.
+Weights and thresholds are fitted (`experiments.fitting.fit_monitor`) on simulated traffic
+from one fold of the prompt sources and evaluated on another (benchmarks/monitor.py). The
+shipped `default_risk_model.json` is such a fit; `distillguard serve --policy` can point at
+another.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from distillguard.errors import ConfigError
 from distillguard.monitor.features import FEATURES, describe
+from distillguard.monitor.links import LinkModel
+from distillguard.monitor.requests import RequestModel
 
 __all__ = ["TIERS", "RiskModel", "fit_logistic"]
 
@@ -39,6 +44,13 @@ class RiskModel:
     min_requests: int = 10  # no tier above normal before this many requests
     block_min_requests: int = 200
     fitted_on: str = ""
+    links: LinkModel = field(default_factory=LinkModel.default)
+    requests: RequestModel = field(default_factory=RequestModel.never)
+    # a ring lifts a member only when the member's own highest score reaches this
+    ring_member_floor: float = 0.0
+    # a group is a ring when its core's pooled score reaches this (None: `flag`); its core
+    # is then flagged. Fitted on honest groups (a campus cohort pools to more than a person)
+    ring_flag: float | None = None
 
     def __post_init__(self) -> None:
         names = tuple(signal.name for signal in FEATURES)
@@ -50,9 +62,21 @@ class RiskModel:
         if not 0.0 <= self.watch <= self.flag <= self.block <= 1.0:
             raise ConfigError("risk model thresholds must satisfy 0 <= watch <= flag <= block <= 1")
 
+    def standardized(self, signals: NDArray[np.float64]) -> NDArray[np.float64]:
+        standardized: NDArray[np.float64] = (signals - np.asarray(self.means)) / np.asarray(
+            self.scales
+        )
+        return standardized
+
+    def deviation(self, signals: NDArray[np.float64]) -> NDArray[np.float64]:
+        """How far the signals are from an ordinary account's (the signals' priors), in
+        standard deviations: the direction of an account's behaviour, for linking."""
+        priors = np.asarray([signal.prior for signal in FEATURES])
+        deviation: NDArray[np.float64] = (signals - priors) / np.asarray(self.scales)
+        return deviation
+
     def logit(self, signals: NDArray[np.float64]) -> float:
-        standardized = (signals - np.asarray(self.means)) / np.asarray(self.scales)
-        return float(standardized @ np.asarray(self.weights)) + self.bias
+        return float(self.standardized(signals) @ np.asarray(self.weights)) + self.bias
 
     def score(self, signals: NDArray[np.float64]) -> float:
         return _sigmoid(self.logit(signals))
@@ -107,6 +131,10 @@ class RiskModel:
                 min_requests=int(data.get("min_requests", 10)),
                 block_min_requests=int(data.get("block_min_requests", 200)),
                 fitted_on=str(data.get("fitted_on", "")),
+                links=_links_from(data.get("links")),
+                requests=_requests_from(data.get("requests")),
+                ring_member_floor=float(data.get("ring_member_floor", 0.0)),
+                ring_flag=None if data.get("ring_flag") is None else float(data["ring_flag"]),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"not a risk model file: {exc}") from None
@@ -122,10 +150,41 @@ class RiskModel:
         except OSError as exc:
             raise ConfigError(f"cannot read risk model {path}: {exc.strerror}") from None
 
-    def with_thresholds(self, **thresholds: float | int) -> RiskModel:
-        data = asdict(self) | thresholds
-        data["features"] = tuple(data["features"])
-        return RiskModel(**data)
+    @property
+    def ring_threshold(self) -> float:
+        return self.flag if self.ring_flag is None else self.ring_flag
+
+    def with_thresholds(self, **thresholds: float | int | None) -> RiskModel:
+        changes: dict[str, Any] = dict(thresholds)
+        return replace(self, **changes)
+
+    def with_links(self, links: LinkModel) -> RiskModel:
+        return replace(self, links=links)
+
+    def with_requests(self, requests: RequestModel) -> RiskModel:
+        return replace(self, requests=requests)
+
+
+def _requests_from(data: object) -> RequestModel:
+    """The request model of a risk model file; one that calls nothing when the file has none."""
+    if data is None:
+        return RequestModel.never()
+    if not isinstance(data, dict):
+        raise TypeError("requests is not an object")
+    return RequestModel(weights=tuple(float(w) for w in data["weights"]), bias=float(data["bias"]))
+
+
+def _links_from(data: object) -> LinkModel:
+    """The link model of a risk model file; the hand-set default when the file has none."""
+    if data is None:
+        return LinkModel.default()
+    if not isinstance(data, dict):
+        raise TypeError("links is not an object")
+    return LinkModel(
+        weights=tuple(float(w) for w in data["weights"]),
+        bias=float(data["bias"]),
+        threshold=float(data["threshold"]),
+    )
 
 
 def _sigmoid(value: float) -> float:

@@ -4,27 +4,37 @@ The gateway calls `observe(event)` once per request it meters: that puts the eve
 bounded queue (`monitor/inbox.py`: the oldest events are dropped, and counted, when the
 monitor falls behind) and returns (the request path's whole cost). A background thread, or
 `drain()` in tests and simulations, updates the account's state, rescores it, and every
-`ring_every` events regroups rings and scores each ring on its members' pooled counts. An
-account's tier is the higher of what its own score and its ring's score reach; tiers only go
-up on their own, and an operator can set one (`set_tier`), which pins it.
+`ring_every` events relinks the accounts that changed (`monitor.rings`), refreshes the fleet's
+reference distribution, and scores each group of linked accounts on its members' pooled counts.
+
+A group is scored on its core: the members whose own highest score reaches
+`RiskModel.ring_member_floor`. When the core is most of the group and its pooled score reaches
+the ring threshold (fitted on honest groups: a campus cohort pools to more than one person
+does), the group is a ring and its core is flagged. An account's tier is the higher of what its
+own score and its ring's verdict reach; a ring lifts only its core, so an honest user behind
+the same NAT as a harvesting ring is linked to it by the address, not made a member of it.
+Tiers only go up on their own, and an operator can set one (`set_tier`), which pins it.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from numpy.typing import NDArray
 
 from distillguard.monitor.events import MonitorEvent
-from distillguard.monitor.features import AccountState, account_signals, pooled_signals
+from distillguard.monitor.features import FEATURES, Fleet, account_signals, pooled_signals
 from distillguard.monitor.inbox import EventQueue
 from distillguard.monitor.model import TIERS, RiskModel
-from distillguard.monitor.rings import RingRules, find_rings
-from distillguard.monitor.text import prompt_features
+from distillguard.monitor.requests import request_features
+from distillguard.monitor.rings import PairTrace, RingFinder, RingRules
+from distillguard.monitor.state import AccountState
+from distillguard.monitor.text import PromptFeatures, prompt_features
 
 __all__ = ["AccountReport", "Monitor", "RingReport", "TierChange"]
 
@@ -32,6 +42,10 @@ log = logging.getLogger("distillguard.monitor")
 
 _RANK = {tier: rank for rank, tier in enumerate(TIERS)}
 _LINGER = 0.02  # seconds the thread lets events gather after a quiet spell (inbox.take)
+_REFERENCE_TRIM = 0.2  # the fleet's reference drops this share of accounts at each end
+_REFERENCE_MIN_TEXTS = 3  # prompts an account needs to count in the fleet's reference
+_PROMPT_CACHE = 4096  # prompts whose features are kept (about 2 KB each)
+RETENTION_SWEEP = 3600.0  # seconds of monitor time between sweeps of every account's tokens
 
 
 @dataclass(frozen=True)
@@ -72,6 +86,7 @@ class RingReport:
 @dataclass
 class _Account:
     state: AccountState
+    signals: NDArray[np.float64] | None = None  # as of the last event
     score: float = 0.0
     peak: float = 0.0  # the highest score so far: tiers follow it (thresholds are fitted on peaks)
     ring: int | None = None
@@ -90,22 +105,39 @@ class Monitor:
         model: RiskModel | None = None,
         *,
         ring_rules: RingRules | None = None,
-        ring_every: int = 1000,
+        ring_every: int = 2000,
         fleet_every: int = 500,
+        identity_retention: float = 30 * 86_400.0,
         on_tier_change: Callable[[TierChange], None] | None = None,
-        trace: Callable[[str, int, NDArray[np.float64], float], None] | None = None,
+        trace: Callable[[str, int, NDArray[np.float64], float, NDArray[np.float64]], None]
+        | None = None,
+        pair_trace: PairTrace | None = None,
+        reference_excludes: Callable[[str], bool] | None = None,
+        group_trace: Callable[[tuple[str, ...], list[str], float], None] | None = None,
         queue: EventQueue | None = None,
     ) -> None:
         self.model = model or RiskModel.load()
         self.ring_rules = ring_rules or RingRules()
         self.ring_every = ring_every
         self.fleet_every = fleet_every
+        self.identity_retention = identity_retention  # seconds identity tokens are kept
+        self._last_sweep = -math.inf  # monitor time of the last sweep of every account
         self.on_tier_change = on_tier_change
-        self.trace = trace  # (account, requests, signals, score) after each event: for fitting
+        # after each event: (account, requests, signals, score, request features), for fitting
+        self.trace = trace
+        # which accounts the fleet's reference leaves out; by default the ones the monitor
+        # suspects (above normal, or in a ring). A fit passes the ground truth instead.
+        self.reference_excludes = reference_excludes
+        self.group_trace = group_trace  # (group, its core, the core's pooled score): for fitting
         self._accounts: dict[str, _Account] = {}
         self._tiers: dict[str, str] = {}  # account -> tier, read without a lock (one dict get)
         self._rings: list[RingReport] = []
-        self._fleet_rate = 1.0
+        self._finder = RingFinder(self.ring_rules, self.model.links, len(FEATURES), pair_trace)
+        self._changed: set[str] = set()  # accounts with events since the last regrouping
+        self._fleet = Fleet()
+        # features of recent prompts: follow-ups, evaluation runs and retries repeat verbatim
+        self._prompts: dict[str, PromptFeatures] = {}
+        self._now = 0.0
         self._processed = 0
         self._queue = queue if queue is not None else EventQueue()
         self._lock = threading.Lock()  # state changes vs. reports
@@ -161,8 +193,16 @@ class Monitor:
     def processed(self) -> int:
         return self._processed
 
-    def process(self, event: MonitorEvent) -> None:
-        prompt = prompt_features(event.prompt)
+    def process(self, event: MonitorEvent, prompt: PromptFeatures | None = None) -> None:
+        """Take in one event; `prompt` is its prompt's features when the caller already has
+        them (a replay that scores the same traffic several times)."""
+        if prompt is None:
+            prompt = self._prompts.get(event.prompt)
+            if prompt is None:
+                prompt = prompt_features(event.prompt)
+                if len(self._prompts) >= _PROMPT_CACHE:
+                    self._prompts.clear()
+                self._prompts[event.prompt] = prompt
         with self._lock:
             entry = self._accounts.get(event.account)
             if entry is None:
@@ -172,13 +212,17 @@ class Monitor:
             if not entry.state.tenant:  # restored before its first request
                 entry.state.tenant = event.tenant
             entry.state.update(event, prompt)
-            signals = account_signals(entry.state, self._fleet_rate)
+            request = request_features(event, prompt, entry.state.last_fresh, self._fleet.reference)
+            entry.state.collection += self.model.requests.collects(request)
+            signals = entry.signals = account_signals(entry.state, self._fleet)
             entry.score = self.model.score(signals)
             if entry.state.requests >= self.model.min_requests:
                 entry.peak = max(entry.peak, entry.score)
             if self.trace is not None:
-                self.trace(event.account, entry.state.requests, signals, entry.score)
+                self.trace(event.account, entry.state.requests, signals, entry.score, request)
             self._retier(entry)
+            self._changed.add(event.account)
+            self._now = max(self._now, event.time)
             self._processed += 1
             if self._processed % self.fleet_every == 0:
                 self._update_fleet_rate()
@@ -188,7 +232,31 @@ class Monitor:
     def _update_fleet_rate(self) -> None:
         rates = [a.state.rate_per_hour for a in self._accounts.values() if a.state.requests >= 3]
         if rates:
-            self._fleet_rate = float(np.median(rates))
+            self._fleet = replace(self._fleet, rate=float(np.median(rates)))
+
+    def _update_fleet_reference(self) -> None:
+        """The benign fleet's prompts, as the monitor can know them: the mean of every account
+        it does not suspect, each account weighing the same, trimmed per coordinate so that a
+        minority pulling one way (a ring it has not found yet) moves it little."""
+        excluded = self.reference_excludes or self._suspected
+        states = [
+            a.state
+            for a in self._accounts.values()
+            if a.state.texts >= _REFERENCE_MIN_TEXTS and not excluded(a.state.account)
+        ]
+        if len(states) < 10:
+            return
+        means = np.stack([s.distribution_mean for s in states])
+        centroids = np.stack([s.centroid / s.texts for s in states])
+        self._fleet = replace(
+            self._fleet,
+            reference=_trimmed_mean(means, _REFERENCE_TRIM),
+            centroid=_trimmed_mean(centroids, _REFERENCE_TRIM),
+        )
+
+    def _suspected(self, account: str) -> bool:
+        entry = self._accounts[account]
+        return entry.tier != "normal" or entry.ring is not None
 
     def _retier(self, entry: _Account) -> None:
         if entry.pinned:
@@ -207,7 +275,7 @@ class Monitor:
         self._announce(entry, previous, score)
 
     def _announce(self, entry: _Account, previous: str, score: float) -> None:
-        reasons = self.model.reasons(account_signals(entry.state, self._fleet_rate))
+        reasons = self.model.reasons(account_signals(entry.state, self._fleet))
         if entry.ring is not None:
             ring = self._rings[entry.ring]
             reasons.insert(0, f"in ring {ring.ring} of {len(ring.accounts)} accounts")
@@ -242,27 +310,54 @@ class Monitor:
             self._regroup()
 
     def _regroup(self) -> None:
-        groups = find_rings((a.state for a in self._accounts.values()), self.ring_rules)
+        self._update_fleet_reference()
+        forget = self._now - self.identity_retention
+        if self._now - self._last_sweep >= RETENTION_SWEEP:
+            # accounts that went quiet forget their tokens too, and the finder its copy of them
+            self._last_sweep = self._now
+            self._changed.update(self._accounts)
+        for account in self._changed:
+            entry = self._accounts[account]
+            entry.state.forget_before(forget)
+            if entry.signals is not None:
+                self._finder.update(entry.state, self.model.deviation(entry.signals), entry.score)
+        self._changed.clear()
         for entry in self._accounts.values():
             entry.ring = None
-        rings = []
-        for number, members in enumerate(groups):
-            states = [self._accounts[account].state for account in members]
-            signals = pooled_signals(states, self._fleet_rate)
+        rings: list[RingReport] = []
+        for group in self._finder.find(self._fleet):
+            # the ring's verdict reads its core: members that look odd on their own. Honest
+            # accounts linked to it (the rest of a NAT it rides) neither dilute it nor pay.
+            core = [
+                account
+                for account in group.accounts
+                if self._accounts[account].peak >= self.model.ring_member_floor
+            ]
+            if len(core) < self.ring_rules.min_size or 2 * len(core) < len(group.accounts):
+                continue
+            states = [self._accounts[account].state for account in core]
+            signals = pooled_signals(states, self._fleet)
             score = self.model.score(signals)
+            if self.group_trace is not None:
+                self.group_trace(group.accounts, core, score)
+            if score < self.model.ring_threshold:
+                continue  # linked, but not harvesting: a campus, a company, a cohort
+            number = len(rings)
+            reasons = group.reasons(self.model.links) + self.model.reasons(signals)
             rings.append(
                 RingReport(
                     ring=number,
-                    accounts=tuple(members),
+                    accounts=tuple(core),  # the rest are linked, not members
                     requests=sum(s.requests for s in states),
                     score=score,
-                    reasons=tuple(self.model.reasons(signals)),
+                    reasons=tuple(reasons),
                 )
             )
-            for account in members:
+            verdict = max(score, self.model.flag)  # a ring's core is flagged
+            for account in core:
                 entry = self._accounts[account]
                 entry.ring, entry.ring_score = number, score
-                entry.ring_peak = max(entry.ring_peak, score)
+                entry.ring_peak = max(entry.ring_peak, verdict)
         self._rings = rings
         for entry in self._accounts.values():
             if entry.ring is not None:
@@ -299,14 +394,14 @@ class Monitor:
 
     def signals(self, account: str) -> NDArray[np.float64]:
         with self._lock:
-            return account_signals(self._accounts[account].state, self._fleet_rate)
+            return account_signals(self._accounts[account].state, self._fleet)
 
     def accounts(self) -> list[AccountReport]:
         """Every account seen, riskiest first."""
         with self._lock:
             reports = []
             for entry in self._accounts.values():
-                signals = account_signals(entry.state, self._fleet_rate)
+                signals = account_signals(entry.state, self._fleet)
                 reasons = self.model.reasons(signals)
                 if entry.ring is not None:
                     ring = self._rings[entry.ring]
@@ -330,3 +425,12 @@ class Monitor:
     def rings(self) -> list[RingReport]:
         with self._lock:
             return list(self._rings)
+
+
+def _trimmed_mean(rows: NDArray[np.float64], trim: float) -> NDArray[np.float64]:
+    """Per column, the mean of the rows between the `trim` and 1 - `trim` quantiles."""
+    cut = int(trim * len(rows))
+    ordered = np.sort(rows, axis=0)
+    kept = ordered[cut : len(rows) - cut] if len(rows) - 2 * cut > 0 else ordered
+    mean: NDArray[np.float64] = kept.mean(axis=0)
+    return mean

@@ -231,4 +231,11 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX usage_key_time ON usage (key_id, created_at);
         """,
     ),
+    (
+        "008_api_key_account_metadata",
+        """
+        ALTER TABLE api_keys ADD COLUMN org_token TEXT NOT NULL DEFAULT '';
+        ALTER TABLE api_keys ADD COLUMN signup_program TEXT NOT NULL DEFAULT '';
+        """,
+    ),
 ]
