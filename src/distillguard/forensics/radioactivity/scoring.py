@@ -18,6 +18,7 @@ from distillguard.errors import InputError, SchemeError
 from distillguard.watermark import hashing, stats
 from distillguard.watermark.detector import Attribution, Detection, attribute_detections
 from distillguard.watermark.key import WatermarkKey, key_word_array
+from distillguard.watermark.layers import green_counts
 from distillguard.watermark.scheme import Scheme, SchemeConfig, Seeding
 
 __all__ = [
@@ -152,15 +153,7 @@ def _green_counts(
     config: SchemeConfig,
 ) -> npt.NDArray[np.int64]:
     """Green counts per key over the given tuples; shape (keys,)."""
-    words = key_word_array(list(keys))
-    counts = np.zeros(len(keys), dtype=np.int64)
-    chunk = max(1, CELLS_PER_CHUNK // max(tokens.size, 1))
-    threshold = np.uint32(config.green_threshold)
-    for first in range(0, len(keys), chunk):
-        block = words[first : first + chunk, None, :]
-        uniforms = hashing.keyed_uniform(block, digests, tokens)
-        counts[first : first + chunk] = (uniforms < threshold).sum(axis=1)
-    return counts
+    return green_counts(config, keys, digests, tokens)
 
 
 def _curve(
